@@ -1,0 +1,98 @@
+#include "support.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void ks_fill_uniform(float *x, int64_t n, uint64_t seed, float lo, float hi)
+{
+    uint64_t s = seed * 7919 + 17;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = lo + (hi - lo) * (float)((splitmix(&s) >> 40) * (1.0 / 16777216.0));
+}
+
+void ks_to_double(const float *x, double *out, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = x[i];
+}
+
+double ks_check(const char *what, const float *got, const double *want, int64_t n, double floor, double tol)
+{
+    double worst = 0.0;
+    int64_t worst_i = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double scale = fabs(want[i]) > floor ? fabs(want[i]) : floor;
+        double err = fabs((double)got[i] - want[i]) / scale;
+        if (!(err <= worst)) { /* catches NaN too */
+            worst = isnan(err) ? INFINITY : err;
+            worst_i = i;
+        }
+    }
+    printf("ERR %s: max_rel=%.3g (tol %.1g, n=%lld)\n", what, worst, tol, (long long)n);
+    if (!(worst <= tol))
+        fail_msg("%s: element %lld is %.9g, want %.9g (error %.3g > %.1g)", what, (long long)worst_i,
+                 (double)got[worst_i], want[worst_i], worst, tol);
+    return worst;
+}
+
+void ks_numeric_grad(ks_scalar_fn f, void *user, double *x, int64_t n, double h, double *grad)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double keep = x[i];
+        x[i] = keep + h;
+        double up = f(x, user);
+        x[i] = keep - h;
+        double down = f(x, user);
+        x[i] = keep;
+        grad[i] = (up - down) / (2.0 * h);
+    }
+}
+
+static void quiet_log(keel_log_level level, const char *message, void *user)
+{
+    (void)user;
+    if (level <= KEEL_LOG_WARN)
+        fprintf(stderr, "%s\n", message);
+}
+
+keel_context *ks_context(void)
+{
+    keel_context_opts opts = {.threads = 2, .log = quiet_log, .log_level = KEEL_LOG_WARN};
+    keel_context *ctx = NULL;
+    KS_OK(keel_context_create(&ctx, &opts));
+    return ctx;
+}
+
+void ks_graph_ok(keel_graph *g)
+{
+    if (keel_graph_status(g) != KEEL_OK)
+        fail_msg("graph failed: %s", keel_graph_error(g));
+}
+
+keel_plan *ks_compile(keel_graph *g, keel_context *ctx, uint64_t seed)
+{
+    ks_graph_ok(g);
+    const char *devices = getenv("KEEL_TEST_DEVICES");
+    keel_plan_opts opts = {.devices = devices ? devices : "cpu", .seed = seed, .poison_dead = true,
+                           .strict_fp32 = true};
+    keel_plan *plan = NULL;
+    KS_OK(keel_plan_compile(&plan, g, ctx, &opts));
+    return plan;
+}
+
+float *ks_param_random(keel_plan *plan, const char *name, int64_t n, uint64_t seed, float lo, float hi)
+{
+    float *v = malloc((size_t)n * sizeof *v);
+    assert_non_null(v);
+    ks_fill_uniform(v, n, seed, lo, hi);
+    KS_OK(keel_plan_param_set(plan, name, v, n));
+    return v;
+}

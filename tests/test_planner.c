@@ -1,0 +1,225 @@
+/* The planner: memory reuse packs a deep network's tensors into an arena
+ * well below their sum, and never lets two live tensors share bytes (freed
+ * regions are poisoned with NaN, so a reader of a dead buffer would change
+ * the results). */
+#include "support/support.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct net {
+    keel_graph *g;
+    keel_node *x, *labels, *logits, *loss;
+} net;
+
+/* A deep convolutional network with residual adds, a concat, pooling, batch
+ * norm and dropout: every planner path (in-place ops, views, aux buffers,
+ * gradient sums) appears. */
+static net build_net(int64_t batch, int depth)
+{
+    net n = {keel_graph_new()};
+    keel_graph *g = n.g;
+    int64_t shape[4] = {batch, 3, 16, 16};
+    n.x = keel_input(g, "x", 4, shape);
+    n.labels = keel_input_labels(g, "labels", batch);
+    keel_conv2d_opts c3 = keel_conv_opts(3, 1, 1);
+    keel_node *h = keel_relu(g, "stem.relu", keel_conv2d(g, "stem", n.x, 8, &c3));
+    char name[64];
+    for (int i = 0; i < depth; i++) {
+        snprintf(name, sizeof name, "block%d.conv", i);
+        keel_node *r = keel_conv2d(g, name, h, 8, &c3);
+        snprintf(name, sizeof name, "block%d.bn", i);
+        r = keel_batch_norm(g, name, r, NULL);
+        snprintf(name, sizeof name, "block%d.add", i);
+        h = keel_add(g, name, h, r);
+        snprintf(name, sizeof name, "block%d.relu", i);
+        h = keel_relu(g, name, h);
+    }
+    keel_pool2d_opts p2 = keel_pool_opts(2, 2, 0);
+    keel_node *a = keel_max_pool2d(g, "pool_a", h, &p2);
+    keel_node *b = keel_avg_pool2d(g, "pool_b", h, &p2);
+    keel_node *ab[2] = {a, b};
+    h = keel_concat(g, "cat", 2, ab);
+    h = keel_dropout(g, "drop", keel_flatten(g, "flat", h), 0.25f);
+    n.logits = keel_linear(g, "fc", h, 10, NULL);
+    n.loss = keel_softmax_cross_entropy(g, "loss", n.logits, n.labels);
+    keel_graph_keep(g, n.logits);
+    return n;
+}
+
+static void run_net(net *n, bool poison, float *loss, float *logits, float *grad, int64_t grad_count)
+{
+    keel_context *ctx = ks_context();
+    keel_plan_opts opts = {.devices = "cpu", .seed = 5, .poison_dead = poison};
+    keel_plan *plan = NULL;
+    KS_OK(keel_plan_compile(&plan, n->g, ctx, &opts));
+    int64_t count = keel_node_numel(n->x);
+    float *x = malloc((size_t)count * sizeof *x);
+    ks_fill_uniform(x, count, 11, -1, 1);
+    int32_t labels[4] = {1, 7, 3, 3};
+    KS_OK(keel_plan_set_input(plan, n->x, x));
+    KS_OK(keel_plan_set_input(plan, n->labels, labels));
+    for (int step = 0; step < 2; step++) { /* twice: the second step reuses poisoned memory */
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+    }
+    KS_OK(keel_plan_read(plan, n->loss, loss));
+    KS_OK(keel_plan_read(plan, n->logits, logits));
+    KS_OK(keel_plan_grad_get(plan, "stem.weight", grad, grad_count));
+    free(x);
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+}
+
+static void test_poisoned_dead_buffers_change_nothing(void **state)
+{
+    (void)state;
+    net n = build_net(4, 6);
+    ks_graph_ok(n.g);
+    KS_OK(keel_graph_backward(n.g, n.loss));
+    float loss_a, loss_b, logits_a[40], logits_b[40], grad_a[216], grad_b[216];
+    run_net(&n, false, &loss_a, logits_a, grad_a, 216);
+    run_net(&n, true, &loss_b, logits_b, grad_b, 216);
+    assert_true(isfinite(loss_a));
+    assert_memory_equal(&loss_a, &loss_b, sizeof loss_a);
+    assert_memory_equal(logits_a, logits_b, sizeof logits_a);
+    assert_memory_equal(grad_a, grad_b, sizeof grad_a);
+    for (int i = 0; i < 216; i++)
+        assert_true(isfinite(grad_a[i]));
+    keel_graph_free(n.g);
+}
+
+static void test_arena_is_well_below_the_sum(void **state)
+{
+    (void)state;
+    net n = build_net(4, 24);
+    KS_OK(keel_graph_backward(n.g, n.loss));
+    keel_context *ctx = ks_context();
+    keel_plan *plan = ks_compile(n.g, ctx, 1);
+    keel_memory_report mem;
+    KS_OK(keel_plan_memory(plan, &mem));
+    printf("planner: arena %lld bytes, tensors %lld bytes (%.1f%%)\n", (long long)mem.arena_bytes,
+           (long long)mem.tensor_bytes, 100.0 * (double)mem.arena_bytes / (double)mem.tensor_bytes);
+    assert_true(mem.arena_bytes > 0);
+    assert_true(mem.arena_bytes <= mem.tensor_bytes);
+    /* Training keeps the forward activations for the backward pass, yet
+     * gradients and temporaries die quickly: well under half. */
+    assert_true(mem.arena_bytes < mem.tensor_bytes / 2);
+    assert_true(mem.grad_bytes > 0 && mem.param_bytes > mem.grad_bytes); /* + running stats */
+    keel_plan_destroy(plan);
+
+    /* Inference alone (no backward) reuses far more. */
+    keel_graph_free(n.g);
+    n = build_net(4, 24);
+    keel_context_destroy(ctx);
+    ctx = ks_context();
+    plan = ks_compile(n.g, ctx, 1);
+    keel_memory_report fwd;
+    KS_OK(keel_plan_memory(plan, &fwd));
+    printf("planner (forward only): arena %lld bytes, tensors %lld bytes\n", (long long)fwd.arena_bytes,
+           (long long)fwd.tensor_bytes);
+    assert_true(fwd.arena_bytes < fwd.tensor_bytes / 5);
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+    keel_graph_free(n.g);
+}
+
+static void test_eval_forward_is_deterministic(void **state)
+{
+    (void)state;
+    net n = build_net(4, 2);
+    KS_OK(keel_graph_backward(n.g, n.loss));
+    keel_context *ctx = ks_context();
+    keel_plan *plan = ks_compile(n.g, ctx, 3);
+    int64_t count = keel_node_numel(n.x);
+    float *x = malloc((size_t)count * sizeof *x);
+    ks_fill_uniform(x, count, 2, -1, 1);
+    int32_t labels[4] = {0, 1, 2, 3};
+    KS_OK(keel_plan_set_input(plan, n.x, x));
+    KS_OK(keel_plan_set_input(plan, n.labels, labels));
+    float a[40], b[40];
+    KS_OK(keel_plan_forward(plan, false));
+    KS_OK(keel_plan_read(plan, n.logits, a));
+    KS_OK(keel_plan_forward(plan, false));
+    KS_OK(keel_plan_read(plan, n.logits, b));
+    assert_memory_equal(a, b, sizeof a);
+    assert_int_equal(keel_plan_backward(plan), KEEL_ERR_STATE); /* eval forward saves nothing to train on */
+    free(x);
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+    keel_graph_free(n.g);
+}
+
+static void test_device_errors(void **state)
+{
+    (void)state;
+    net n = build_net(4, 1);
+    keel_context *ctx = ks_context();
+    keel_plan *plan = NULL;
+    keel_plan_opts opts = {.devices = "tpu:0"};
+    assert_int_equal(keel_plan_compile(&plan, n.g, ctx, &opts), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "tpu:0"));
+    opts.devices = "cpu:x";
+    assert_int_equal(keel_plan_compile(&plan, n.g, ctx, &opts), KEEL_ERR_INVALID_ARGUMENT);
+    assert_null(plan);
+    assert_true(keel_device_count(ctx) >= 1);
+    keel_device_info info;
+    KS_OK(keel_device_get(ctx, 0, &info));
+    assert_string_equal(info.name, "cpu");
+    keel_context_destroy(ctx);
+    keel_graph_free(n.g);
+}
+
+static void test_profiling_attributes_time_to_layers(void **state)
+{
+    (void)state;
+    net n = build_net(4, 2);
+    KS_OK(keel_graph_backward(n.g, n.loss));
+    keel_context *ctx = ks_context();
+    keel_plan *plan = ks_compile(n.g, ctx, 3);
+    int64_t count = keel_node_numel(n.x);
+    float *x = calloc((size_t)count, sizeof *x);
+    int32_t labels[4] = {0, 1, 2, 3};
+    KS_OK(keel_plan_set_input(plan, n.x, x));
+    KS_OK(keel_plan_set_input(plan, n.labels, labels));
+    KS_OK(keel_plan_profile(plan, true));
+    for (int i = 0; i < 3; i++) {
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+    }
+    int entries = keel_plan_profile_count(plan);
+    assert_true(entries > 10);
+    bool saw_forward = false, saw_backward = false;
+    for (int i = 0; i < entries; i++) {
+        keel_node_time t;
+        KS_OK(keel_plan_profile_get(plan, i, &t));
+        if (strcmp(t.layer, "stem") != 0 || strcmp(t.op, "reshape") == 0)
+            continue;
+        assert_int_equal(t.runs, 3);
+        assert_true(t.seconds > 0.0);
+        saw_forward |= !t.backward;
+        saw_backward |= t.backward; /* stem's weight gradient belongs to stem */
+    }
+    assert_true(saw_forward && saw_backward);
+    keel_plan_profile_reset(plan);
+    keel_node_time t;
+    KS_OK(keel_plan_profile_get(plan, 0, &t));
+    assert_int_equal(t.runs, 0);
+    free(x);
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+    keel_graph_free(n.g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_poisoned_dead_buffers_change_nothing),
+        cmocka_unit_test(test_arena_is_well_below_the_sum),
+        cmocka_unit_test(test_eval_forward_is_deterministic),
+        cmocka_unit_test(test_device_errors),
+        cmocka_unit_test(test_profiling_attributes_time_to_layers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
