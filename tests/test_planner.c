@@ -212,6 +212,118 @@ static void test_profiling_attributes_time_to_layers(void **state)
     keel_graph_free(n.g);
 }
 
+/* Two towers in two placement groups, joined by a concat, as AlexNet's. */
+static net build_towers(int64_t batch)
+{
+    net n = {keel_graph_new()};
+    keel_graph *g = n.g;
+    int64_t shape[4] = {batch, 3, 12, 12};
+    n.x = keel_input(g, "x", 4, shape);
+    n.labels = keel_input_labels(g, "labels", batch);
+    keel_conv2d_opts c3 = keel_conv_opts(3, 1, 1);
+    keel_node *towers[2];
+    for (int t = 0; t < 2; t++) {
+        int previous = keel_graph_on_device(g, t);
+        char name[32];
+        snprintf(name, sizeof name, "tower%d.conv", t);
+        keel_node *h = keel_relu(g, NULL, keel_conv2d(g, name, n.x, 4, &c3));
+        snprintf(name, sizeof name, "tower%d.bn", t);
+        h = keel_batch_norm(g, name, h, NULL);
+        snprintf(name, sizeof name, "tower%d.pool", t);
+        keel_pool2d_opts p2 = keel_pool_opts(2, 2, 0);
+        towers[t] = keel_max_pool2d(g, name, h, &p2);
+        keel_graph_on_device(g, previous);
+    }
+    keel_node *h = keel_concat(g, "join", 2, towers);
+    h = keel_relu(g, NULL, keel_conv2d(g, "across", h, 6, &c3));
+    n.logits = keel_linear(g, "fc", keel_flatten(g, "flat", h), 10, NULL);
+    n.loss = keel_softmax_cross_entropy(g, "loss", n.logits, n.labels);
+    keel_graph_keep(g, n.logits);
+    return n;
+}
+
+/* Plain SGD through the public API, so the steps train something. */
+static void sgd_step(keel_plan *plan, float lr)
+{
+    for (int k = 0; k < keel_plan_param_count(plan); k++) {
+        keel_param_info info;
+        KS_OK(keel_plan_param_info(plan, k, &info));
+        if (!info.trainable)
+            continue;
+        int64_t count = 1;
+        for (int d = 0; d < info.ndim; d++)
+            count *= info.shape[d];
+        float *w = malloc((size_t)count * sizeof *w), *g = malloc((size_t)count * sizeof *g);
+        KS_OK(keel_plan_param_get(plan, info.name, w, count));
+        KS_OK(keel_plan_grad_get(plan, info.name, g, count));
+        for (int64_t i = 0; i < count; i++)
+            w[i] -= lr * g[i];
+        KS_OK(keel_plan_param_set(plan, info.name, w, count));
+        free(w);
+        free(g);
+    }
+}
+
+static void run_towers(const char *devices, bool poison, float *loss, float *grads)
+{
+    net n = build_towers(4);
+    KS_OK(keel_graph_backward(n.g, n.loss));
+    keel_context *ctx = ks_context();
+    keel_plan_opts opts = {.devices = devices, .seed = 7, .poison_dead = poison};
+    keel_plan *plan = NULL;
+    KS_OK(keel_plan_compile(&plan, n.g, ctx, &opts));
+    float x[4 * 3 * 12 * 12];
+    ks_fill_uniform(x, 4 * 3 * 12 * 12, 21, -1, 1);
+    int32_t labels[4] = {3, 1, 4, 1};
+    KS_OK(keel_plan_set_input(plan, n.x, x));
+    KS_OK(keel_plan_set_input(plan, n.labels, labels));
+    for (int step = 0; step < 3; step++) {
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+        KS_OK(keel_plan_read(plan, n.loss, &loss[step]));
+        sgd_step(plan, 0.1f);
+    }
+    KS_OK(keel_plan_grad_get(plan, "tower1.conv.weight", grads, 108));
+    KS_OK(keel_plan_grad_get(plan, "across.weight", grads + 108, 6 * 8 * 9));
+    /* A failing node on one device stops the other without a hang. */
+    int32_t bad[4] = {3, 1, 99, 1};
+    KS_OK(keel_plan_set_input(plan, n.labels, bad));
+    assert_int_equal(keel_plan_forward(plan, true), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "loss"));
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+    keel_graph_free(n.g);
+}
+
+static void test_two_cpu_devices_match_one(void **state)
+{
+    (void)state;
+    float loss_one[3], loss_two[3], grads_one[108 + 432], grads_two[108 + 432];
+    run_towers("cpu", false, loss_one, grads_one);
+    run_towers("cpu:0,cpu:1", true, loss_two, grads_two);
+    double want_loss[3], want_grads[108 + 432];
+    ks_to_double(loss_one, want_loss, 3);
+    ks_to_double(grads_one, want_grads, 108 + 432);
+    ks_check("towers on cpu:0,cpu:1 vs cpu: loss", loss_two, want_loss, 3, 1e-3, 1e-6);
+    ks_check("towers on cpu:0,cpu:1 vs cpu: grads", grads_two, want_grads, 108 + 432, 1e-3, 1e-5);
+    assert_true(loss_one[2] < loss_one[0]);
+}
+
+static void test_device_list_errors(void **state)
+{
+    (void)state;
+    net n = build_towers(2);
+    keel_context *ctx = ks_context();
+    keel_plan *plan = NULL;
+    keel_plan_opts opts = {.devices = "cpu:0,cpu:0"};
+    assert_int_equal(keel_plan_compile(&plan, n.g, ctx, &opts), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "twice"));
+    opts.devices = "cpu:0,";
+    assert_int_equal(keel_plan_compile(&plan, n.g, ctx, &opts), KEEL_ERR_INVALID_ARGUMENT);
+    keel_context_destroy(ctx);
+    keel_graph_free(n.g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -220,6 +332,8 @@ int main(void)
         cmocka_unit_test(test_eval_forward_is_deterministic),
         cmocka_unit_test(test_device_errors),
         cmocka_unit_test(test_profiling_attributes_time_to_layers),
+        cmocka_unit_test(test_two_cpu_devices_match_one),
+        cmocka_unit_test(test_device_list_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,7 @@ struct keel_device {
 
 /* OpenBLAS's own thread count; absent from reference CBLAS. */
 extern void openblas_set_num_threads(int) __attribute__((weak));
+extern int openblas_get_num_threads(void) __attribute__((weak));
 
 int keel_cpu_threads(const keel_device *device)
 {
@@ -38,15 +39,18 @@ static keel_status cpu_device_info(int index, keel_device_info *info)
     return KEEL_OK;
 }
 
+/* Any index opens a logical CPU device: a plan split over cpu:0,cpu:1 gives
+ * each its own threads and arena on the one host. */
 static keel_status cpu_open(keel_device **out, int index, int threads)
 {
-    if (index != 0)
-        return keel_fail(KEEL_ERR_NOT_FOUND, "the CPU is device 0");
+    (void)index;
     keel_device *d = calloc(1, sizeof *d);
     if (!d)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
     d->threads = threads > 0 ? threads : omp_get_num_procs();
-    if (openblas_set_num_threads)
+    /* OpenBLAS's pool is process-wide: grow it for the widest device, never
+     * shrink it under another plan's feet. */
+    if (openblas_set_num_threads && openblas_get_num_threads && openblas_get_num_threads() < d->threads)
         openblas_set_num_threads(d->threads);
     *out = d;
     return KEEL_OK;

@@ -1,17 +1,20 @@
-/* The planner: schedule, liveness-based memory plan, parameter blocks,
- * per-node algorithm choice; and the executor that runs a plan.
+/* The planner: schedule, device placement, liveness-based memory plan,
+ * parameter blocks and per-node algorithm choice.
  *
  * Memory plan. Every value the schedule produces is a buffer with a
- * lifetime [first writer, last reader] in schedule positions. Views
- * (reshape) and in-place element-wise ops share their input's buffer and
- * extend its lifetime. Buffers are packed into one arena greedily, largest
- * first, each at the lowest offset that overlaps no placed buffer whose
- * lifetime intersects its own (the "greedy by size" offset assignment of
- * TFLite and ggml-alloc). */
+ * lifetime [first writer, last reader] in schedule positions, on the device
+ * of the node that writes it. Views (reshape) and in-place element-wise ops
+ * share their input's buffer and extend its lifetime. Each device's buffers
+ * are packed into that device's arena greedily, largest first, each at the
+ * lowest offset that overlaps no placed buffer whose lifetime intersects its
+ * own (the "greedy by size" offset assignment of TFLite and ggml-alloc).
+ *
+ * Devices. Placement group g runs on device g mod n. Devices run their
+ * nodes concurrently, so a buffer another device reads is kept for the rest
+ * of the step: its memory is never handed to a new tensor while a reader on
+ * another device may still be behind. */
 #include "graph/plan_internal.h"
-#include <math.h>
 #include <stdio.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,17 +25,15 @@
 typedef struct buffer {
     int64_t bytes;
     int first, last;     /* schedule positions; -1 = before the first node */
+    int device;
     int64_t offset;
-    bool placed;
-    bool is_float;
 } buffer;
 
 typedef struct planner {
     keel_plan *plan;
     keel_graph *g;
-    int *buf_of;         /* by node id: output buffer, -1 none, -2 external */
+    int *buf_of;         /* by node id: output buffer, -1 none, BUF_EXTERNAL, BUF_VIEW */
     int *aux_buf_of;     /* by node id: aux buffer, -1 none */
-    int *pos;            /* by node id: schedule position, -1 unscheduled */
     buffer *bufs;
     int n_bufs, cap_bufs;
 } planner;
@@ -47,40 +48,111 @@ static int64_t node_bytes(const keel_node *x)
     return keel_node_numel(x) * (int64_t)keel_dtype_size(x->dtype);
 }
 
-static int new_buffer(planner *pl, int64_t bytes, int first, bool is_float)
+/* ---- devices ----------------------------------------------------------- */
+
+static keel_status parse_one_device(const char *spec, size_t len, const keel_backend **backend, int *index)
 {
-    if (pl->n_bufs == pl->cap_bufs) {
-        int cap = pl->cap_bufs ? pl->cap_bufs * 2 : 128;
-        buffer *grown = realloc(pl->bufs, (size_t)cap * sizeof *grown);
-        if (!grown)
-            return -1;
-        pl->bufs = grown;
-        pl->cap_bufs = cap;
+    char text[64] = {0};
+    if (len == 0 || len >= sizeof text)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device '%.*s' is not 'cpu[:N]' or 'cuda[:N]'", (int)len, spec);
+    memcpy(text, spec, len);
+    char *colon = strchr(text, ':');
+    int idx = 0;
+    if (colon) {
+        char *end = NULL;
+        long v = strtol(colon + 1, &end, 10);
+        if (!colon[1] || *end || v < 0 || v > 1024)
+            return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device '%s': the index after ':' must be a number", text);
+        idx = (int)v;
+        *colon = '\0';
     }
-    buffer *b = &pl->bufs[pl->n_bufs];
-    memset(b, 0, sizeof *b);
-    b->bytes = align_up(bytes, ARENA_ALIGN);
-    b->first = first;
-    b->last = first;
-    b->is_float = is_float;
-    return pl->n_bufs++;
+    if (strcmp(text, "cpu") == 0) {
+        *backend = &keel_cpu_backend;
+    } else if (strcmp(text, "cuda") == 0) {
+#ifdef KEEL_HAVE_CUDA
+        int count = keel_cuda_backend.device_count();
+        if (idx >= count)
+            return keel_fail(KEEL_ERR_NOT_FOUND, "device 'cuda:%d': %d CUDA device%s found%s", idx, count,
+                             count == 1 ? "" : "s", count == 0 ? " (is the NVIDIA driver loaded?)" : "");
+        *backend = &keel_cuda_backend;
+#else
+        return keel_fail(KEEL_ERR_UNSUPPORTED,
+                         "device 'cuda:%d': this libkeel was built without CUDA (configure with -Dcuda=enabled)",
+                         idx);
+#endif
+    } else {
+        if (colon)
+            *colon = ':';
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device '%s' is not 'cpu[:N]' or 'cuda[:N]'", text);
+    }
+    *index = idx;
+    return KEEL_OK;
 }
 
-static void use_buffer(planner *pl, int buf, int position)
+/* "cpu", "cuda:0", "cpu:0,cpu:1": one entry per device, all of one kind. */
+static keel_status open_devices(keel_plan *plan, const char *spec)
 {
-    if (buf >= 0 && pl->bufs[buf].last < position)
-        pl->bufs[buf].last = position;
+    const char *devices = spec && *spec ? spec : "cpu";
+    int n = 1;
+    for (const char *c = devices; *c; c++)
+        n += *c == ',';
+    plan->devices = calloc((size_t)n, sizeof *plan->devices);
+    if (!plan->devices)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory opening devices");
+    const char *at = devices;
+    for (int d = 0; d < n; d++) {
+        const char *comma = strchr(at, ',');
+        size_t len = comma ? (size_t)(comma - at) : strlen(at);
+        keel_plan_device *dev = &plan->devices[d];
+        int index = 0;
+        keel_status st = parse_one_device(at, len, &dev->backend, &index);
+        if (st != KEEL_OK)
+            return st;
+        snprintf(dev->name, sizeof dev->name, "%s:%d", dev->backend->name, index);
+        for (int e = 0; e < d; e++) {
+            if (strcmp(plan->devices[e].name, dev->name) == 0)
+                return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "devices '%s' name %s twice", devices, dev->name);
+            if (plan->devices[e].backend != dev->backend)
+                return keel_fail(KEEL_ERR_UNSUPPORTED, "devices '%s' mix %s and %s; use devices of one kind",
+                                 devices, plan->devices[e].backend->name, dev->backend->name);
+        }
+        if (n > 1 && dev->backend != &keel_cpu_backend)
+            return keel_fail(KEEL_ERR_UNSUPPORTED,
+                             "devices '%s': splitting one model over several %s devices is not supported in this "
+                             "version; use one GPU, or cpu:0,cpu:1 for model parallelism",
+                             devices, dev->backend->name);
+        if (n == 1) {
+            st = keel_context_device(plan->ctx, dev->backend, index, &dev->device);
+        } else {
+            /* Logical CPU devices share the host: each gets its own share of
+             * the cores, its own thread and its own arena. */
+            int threads = keel_context_threads(plan->ctx) / n;
+            st = dev->backend->open(&dev->device, index, threads > 0 ? threads : 1);
+            dev->owned = st == KEEL_OK;
+        }
+        if (st != KEEL_OK)
+            return st;
+        plan->n_devices++;
+        at = comma ? comma + 1 : at + len;
+    }
+    plan->backend = plan->devices[0].backend;
+    plan->device = plan->devices[0].device;
+    plan->device_index = 0;
+    return KEEL_OK;
 }
 
 /* ---- schedule ---------------------------------------------------------- */
 
-static keel_status build_schedule(planner *pl)
+static keel_status build_schedule(keel_plan *plan)
 {
-    keel_graph *g = pl->g;
-    keel_plan *plan = pl->plan;
-    bool *needed = calloc((size_t)g->n_nodes, sizeof *needed);
-    if (!needed)
+    keel_graph *g = plan->graph;
+    bool *needed = calloc((size_t)g->n_nodes + 1, sizeof *needed);
+    plan->sched = malloc(((size_t)g->n_nodes + 1) * sizeof *plan->sched);
+    plan->device_of = malloc(((size_t)g->n_nodes + 1) * sizeof *plan->device_of);
+    if (!needed || !plan->sched || !plan->device_of) {
+        free(needed);
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning the schedule");
+    }
     for (int i = 0; i < g->n_nodes; i++) {
         keel_node *x = g->nodes[i];
         if (x->keep)
@@ -101,11 +173,6 @@ static keel_status build_schedule(planner *pl)
         if (x->fwd)
             needed[x->fwd->id] = true;
     }
-    plan->sched = malloc((size_t)g->n_nodes * sizeof *plan->sched);
-    if (!plan->sched) {
-        free(needed);
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning the schedule");
-    }
     /* Nodes are created in a topological order (inputs before users, the
      * backward pass after the forward), so creation order is a schedule. */
     for (int pass = 0; pass < 2; pass++)
@@ -115,12 +182,47 @@ static keel_status build_schedule(planner *pl)
                 continue;
             if (x->is_backward != (pass == 1))
                 continue;
-            pl->pos[x->id] = plan->n_sched;
+            plan->pos_of[x->id] = plan->n_sched;
+            plan->device_of[plan->n_sched] = x->group % plan->n_devices;
             plan->sched[plan->n_sched++] = x;
             if (pass == 0)
                 plan->n_forward = plan->n_sched;
         }
     free(needed);
+
+    for (int d = 0; d < plan->n_devices; d++) {
+        keel_plan_device *dev = &plan->devices[d];
+        dev->positions = malloc(((size_t)plan->n_sched + 1) * sizeof *dev->positions);
+        if (!dev->positions)
+            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning the schedule");
+        for (int s = 0; s < plan->n_sched; s++)
+            if (plan->device_of[s] == d)
+                dev->positions[dev->n_positions++] = s;
+    }
+    return KEEL_OK;
+}
+
+/* For each node, the nodes on other devices it must wait for. */
+static keel_status list_cross_deps(keel_plan *plan)
+{
+    plan->cross_deps = calloc((size_t)plan->n_sched + 1, sizeof *plan->cross_deps);
+    if (!plan->cross_deps)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int s = 0; s < plan->n_sched; s++) {
+        keel_node *x = plan->sched[s];
+        int *deps = malloc(((size_t)x->n_inputs + 2) * sizeof *deps);
+        if (!deps)
+            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
+        int n = 0;
+        for (int j = 0; j <= x->n_inputs; j++) {
+            const keel_node *from = j < x->n_inputs ? x->inputs[j] : x->fwd;
+            int q = from ? plan->pos_of[from->id] : -1;
+            if (q >= 0 && plan->device_of[q] != plan->device_of[s])
+                deps[n++] = q;
+        }
+        deps[n] = -1;
+        plan->cross_deps[s] = deps;
+    }
     return KEEL_OK;
 }
 
@@ -130,7 +232,7 @@ static keel_status layout_params(planner *pl)
 {
     keel_graph *g = pl->g;
     keel_plan *plan = pl->plan;
-    plan->params = calloc((size_t)g->n_nodes, sizeof *plan->params);
+    plan->params = calloc((size_t)g->n_nodes + 1, sizeof *plan->params);
     if (!plan->params)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory laying out parameters");
     for (int i = 0; i < g->n_nodes; i++) {
@@ -151,7 +253,7 @@ static keel_status layout_params(planner *pl)
 
 /* A trainable parameter's final gradient node writes straight into the
  * gradient block, unless it is something that cannot move there (another
- * parameter's gradient, a view, a leaf); then the gradient block gets a copy
+ * parameter's gradient, a view, a leaf); then the executor copies it there
  * after the backward pass. */
 static bool grad_is_bindable(const planner *pl, const keel_node *grad)
 {
@@ -162,12 +264,67 @@ static bool grad_is_bindable(const planner *pl, const keel_node *grad)
 
 /* ---- buffers and lifetimes --------------------------------------------- */
 
+static int new_buffer(planner *pl, int64_t bytes, int first, int device)
+{
+    if (pl->n_bufs == pl->cap_bufs) {
+        int cap = pl->cap_bufs ? pl->cap_bufs * 2 : 128;
+        buffer *grown = realloc(pl->bufs, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        pl->bufs = grown;
+        pl->cap_bufs = cap;
+    }
+    buffer *b = &pl->bufs[pl->n_bufs];
+    memset(b, 0, sizeof *b);
+    b->bytes = align_up(bytes, ARENA_ALIGN);
+    b->first = first;
+    b->last = first;
+    b->device = device;
+    return pl->n_bufs++;
+}
+
+static void use_buffer(planner *pl, int buf, int position)
+{
+    if (buf >= 0 && pl->bufs[buf].last < position)
+        pl->bufs[buf].last = position;
+}
+
 /* The buffer a node's memory comes from, following views. */
 static int root_buffer(const planner *pl, const keel_node *x)
 {
     while (pl->buf_of[x->id] == BUF_VIEW)
         x = x->inputs[0];
     return pl->buf_of[x->id];
+}
+
+/* Last reader of every node's output and aux, in schedule positions; reads
+ * from another device count as reads at the end of the step. */
+static void compute_last_reads(const keel_plan *plan, int *last_read, int *aux_last)
+{
+    const keel_graph *g = plan->graph;
+    int end = plan->n_sched;
+    for (int i = 0; i < g->n_nodes; i++)
+        last_read[i] = aux_last[i] = g->nodes[i]->keep ? end : -1;
+    for (int s = 0; s < plan->n_sched; s++) {
+        keel_node *x = plan->sched[s];
+        for (int j = 0; j <= x->n_inputs; j++) {
+            const keel_node *from = j < x->n_inputs ? x->inputs[j] : x->fwd;
+            if (!from)
+                continue;
+            int q = plan->pos_of[from->id];
+            bool remote = q >= 0 && plan->device_of[q] != plan->device_of[s];
+            int *slot = j < x->n_inputs ? &last_read[from->id] : &aux_last[from->id];
+            int at = remote ? end : s;
+            if (*slot < at)
+                *slot = at;
+        }
+    }
+    /* A view read remotely keeps what it views alive too. */
+    for (int s = plan->n_sched - 1; s >= 0; s--) {
+        keel_node *x = plan->sched[s];
+        if (keel_op_get(x->op)->view && x->n_inputs > 0 && last_read[x->inputs[0]->id] < last_read[x->id])
+            last_read[x->inputs[0]->id] = last_read[x->id];
+    }
 }
 
 static keel_status assign_buffers(planner *pl)
@@ -182,41 +339,33 @@ static keel_status assign_buffers(planner *pl)
         free(aux_last);
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning buffers");
     }
-    for (int i = 0; i < g->n_nodes; i++)
-        last_read[i] = aux_last[i] = g->nodes[i]->keep ? end : -1;
-    for (int s = 0; s < plan->n_sched; s++) {
-        keel_node *x = plan->sched[s];
-        for (int j = 0; j < x->n_inputs; j++)
-            if (last_read[x->inputs[j]->id] < s)
-                last_read[x->inputs[j]->id] = s;
-        if (x->fwd && aux_last[x->fwd->id] < s)
-            aux_last[x->fwd->id] = s;
-    }
+    compute_last_reads(plan, last_read, aux_last);
 
     keel_status st = KEEL_OK;
-    /* Inputs live for the whole step: the caller writes them before it. */
+    /* Inputs live on the parameter device for the whole step: the caller
+     * writes them before it. */
     for (int i = 0; i < g->n_nodes && st == KEEL_OK; i++) {
         keel_node *x = g->nodes[i];
         if (x->op != KEEL_OP_INPUT)
             continue;
-        pl->buf_of[i] = new_buffer(pl, node_bytes(x), -1, x->dtype == KEEL_F32);
+        pl->buf_of[i] = new_buffer(pl, node_bytes(x), -1, 0);
         if (pl->buf_of[i] < 0)
             st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning buffers");
         else
             pl->bufs[pl->buf_of[i]].last = end;
     }
-    /* Gradients bound to the gradient block. */
     for (int k = 0; k < plan->n_params; k++) {
         keel_node *p = plan->params[k].node;
-        if (p->trainable && p->grad && pl->pos[p->grad->id] >= 0 && grad_is_bindable(pl, p->grad))
+        if (p->trainable && p->grad && plan->pos_of[p->grad->id] >= 0 && grad_is_bindable(pl, p->grad))
             pl->buf_of[p->grad->id] = BUF_EXTERNAL;
     }
     for (int s = 0; s < plan->n_sched && st == KEEL_OK; s++) {
         keel_node *x = plan->sched[s];
         const keel_op_def *def = keel_op_get(x->op);
+        int device = plan->device_of[s];
         int lifetime_end = last_read[x->id] > s ? last_read[x->id] : s;
         if (x->aux_bytes > 0) {
-            int b = new_buffer(pl, x->aux_bytes, s, false);
+            int b = new_buffer(pl, x->aux_bytes, s, device);
             if (b < 0) {
                 st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning buffers");
                 break;
@@ -235,14 +384,14 @@ static keel_status assign_buffers(planner *pl)
             int in = root_buffer(pl, x->inputs[0]);
             const keel_node *src = x->inputs[0];
             /* Nobody reads the input after this node: overwrite it. */
-            if (in >= 0 && pl->bufs[in].first >= 0 && pl->bufs[in].last <= s && node_bytes(src) == node_bytes(x) &&
-                src->dtype == x->dtype) {
+            if (in >= 0 && pl->bufs[in].first >= 0 && pl->bufs[in].last <= s && pl->bufs[in].device == device &&
+                node_bytes(src) == node_bytes(x) && src->dtype == x->dtype) {
                 pl->buf_of[x->id] = in;
                 use_buffer(pl, in, lifetime_end);
                 continue;
             }
         }
-        int b = new_buffer(pl, node_bytes(x), s, x->dtype == KEEL_F32);
+        int b = new_buffer(pl, node_bytes(x), s, device);
         if (b < 0) {
             st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning buffers");
             break;
@@ -264,103 +413,114 @@ static int by_size_desc(const void *a, const void *b, void *bufs_v)
     return ia - ib;
 }
 
-static keel_status pack_arena(planner *pl)
+static bool lifetimes_overlap(const buffer *a, const buffer *b)
 {
-    int n = pl->n_bufs;
-    int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+    return !(a->last < b->first || b->last < a->first);
+}
+
+/* Places one device's buffers (ids in `order`, largest first). */
+static void pack_device(planner *pl, const int *order, int n, keel_plan_device *dev)
+{
     int *placed = malloc((size_t)(n ? n : 1) * sizeof *placed);
-    if (!order || !placed) {
-        free(order);
-        free(placed);
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory packing the arena");
-    }
-    for (int i = 0; i < n; i++)
-        order[i] = i;
-    qsort_r(order, (size_t)n, sizeof *order, by_size_desc, pl->bufs);
     int n_placed = 0;
     int64_t arena = 0, tensors = 0;
-    for (int k = 0; k < n; k++) {
+    for (int k = 0; k < n && placed; k++) {
         buffer *b = &pl->bufs[order[k]];
         tensors += b->bytes;
-        /* Candidate offsets: 0 and the end of every conflicting buffer; take
-         * the lowest that fits. Conflicts are few, so this stays fast. */
+        /* Candidate offsets: 0 and the end of every conflicting buffer; the
+         * lowest that overlaps no conflicting buffer wins. */
         int64_t best = -1;
         for (int c = -1; c < n_placed; c++) {
-            int64_t offset = c < 0 ? 0 : pl->bufs[placed[c]].offset + pl->bufs[placed[c]].bytes;
-            if (c >= 0) {
-                const buffer *o = &pl->bufs[placed[c]];
-                if (o->last < b->first || b->last < o->first)
-                    continue;
-            }
+            const buffer *o = c >= 0 ? &pl->bufs[placed[c]] : NULL;
+            if (o && !lifetimes_overlap(o, b))
+                continue;
+            int64_t offset = o ? o->offset + o->bytes : 0;
             if (best >= 0 && offset >= best)
                 continue;
             bool fits = true;
             for (int j = 0; j < n_placed && fits; j++) {
-                const buffer *o = &pl->bufs[placed[j]];
-                if (o->last < b->first || b->last < o->first)
-                    continue;
-                if (offset < o->offset + o->bytes && o->offset < offset + b->bytes)
+                const buffer *p = &pl->bufs[placed[j]];
+                if (lifetimes_overlap(p, b) && offset < p->offset + p->bytes && p->offset < offset + b->bytes)
                     fits = false;
             }
             if (fits)
                 best = offset;
         }
         b->offset = best;
-        b->placed = true;
         placed[n_placed++] = order[k];
         if (best + b->bytes > arena)
             arena = best + b->bytes;
     }
-    free(order);
     free(placed);
-    pl->plan->arena_bytes = arena;
-    pl->plan->tensor_bytes = tensors;
+    dev->arena_bytes = arena;
+    dev->tensor_bytes = tensors;
+}
+
+static keel_status pack_arenas(planner *pl)
+{
+    keel_plan *plan = pl->plan;
+    int n = pl->n_bufs;
+    int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+    int *mine = malloc((size_t)(n ? n : 1) * sizeof *mine);
+    if (!order || !mine) {
+        free(order);
+        free(mine);
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory packing the arena");
+    }
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    qsort_r(order, (size_t)n, sizeof *order, by_size_desc, pl->bufs);
+    for (int d = 0; d < plan->n_devices; d++) {
+        int count = 0;
+        for (int k = 0; k < n; k++)
+            if (pl->bufs[order[k]].device == d)
+                mine[count++] = order[k];
+        pack_device(pl, mine, count, &plan->devices[d]);
+        plan->arena_bytes += plan->devices[d].arena_bytes;
+        plan->tensor_bytes += plan->devices[d].tensor_bytes;
+    }
+    free(order);
+    free(mine);
     return KEEL_OK;
 }
 
-/* ---- devices ----------------------------------------------------------- */
+/* ---- algorithms, memory, pointers ------------------------------------- */
 
-static keel_status parse_device(const char *spec, const keel_backend **backend, int *index)
+static keel_status prepare_nodes(keel_plan *plan, const keel_plan_opts *opts)
 {
-    const char *devices = spec && *spec ? spec : "cpu";
-    if (strchr(devices, ','))
-        return keel_fail(KEEL_ERR_UNSUPPORTED,
-                         "devices '%s': a plan runs on one device in this version; pass one of them", devices);
-    char kind[16] = {0};
-    int idx = 0;
-    const char *colon = strchr(devices, ':');
-    size_t kind_len = colon ? (size_t)(colon - devices) : strlen(devices);
-    if (kind_len == 0 || kind_len >= sizeof kind)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device '%s' is not 'cpu' or 'cuda[:N]'", devices);
-    memcpy(kind, devices, kind_len);
-    if (colon) {
-        char *end = NULL;
-        long v = strtol(colon + 1, &end, 10);
-        if (!colon[1] || *end || v < 0 || v > 1024)
-            return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device '%s': the index after ':' must be a number",
-                             devices);
-        idx = (int)v;
+    for (int d = 0; d < plan->n_devices; d++) {
+        keel_plan_device *dev = &plan->devices[d];
+        if (dev->backend->configure) {
+            keel_status st = dev->backend->configure(dev->device, opts);
+            if (st != KEEL_OK)
+                return st;
+        }
     }
-    if (strcmp(kind, "cpu") == 0) {
-        if (idx != 0)
-            return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device '%s': the CPU is cpu:0", devices);
-        *backend = &keel_cpu_backend;
-    } else if (strcmp(kind, "cuda") == 0) {
-#ifdef KEEL_HAVE_CUDA
-        int count = keel_cuda_backend.device_count();
-        if (idx >= count)
-            return keel_fail(KEEL_ERR_NOT_FOUND, "device '%s': %d CUDA device%s found%s", devices, count,
-                             count == 1 ? "" : "s", count == 0 ? " (is the NVIDIA driver loaded?)" : "");
-        *backend = &keel_cuda_backend;
-#else
-        return keel_fail(KEEL_ERR_UNSUPPORTED,
-                         "device '%s': this libkeel was built without CUDA (configure with -Dcuda=enabled)",
-                         devices);
-#endif
-    } else {
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device '%s' is not 'cpu' or 'cuda[:N]'", devices);
+    plan->algo = calloc((size_t)plan->n_sched + 1, sizeof *plan->algo);
+    if (!plan->algo)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int s = 0; s < plan->n_sched; s++) {
+        keel_node *x = plan->sched[s];
+        keel_plan_device *dev = &plan->devices[plan->device_of[s]];
+        const keel_backend *be = dev->backend;
+        if (keel_op_get(x->op)->view)
+            continue;
+        if (!be->run[x->op])
+            return keel_fail(KEEL_ERR_UNSUPPORTED, "op '%s' (node '%s') is not supported on backend '%s'",
+                             keel_op_get(x->op)->name, x->name, be->name);
+        if (be->prepare[x->op]) {
+            int64_t ws = 0;
+            keel_status st = be->prepare[x->op](dev->device, x, &ws, &plan->algo[s]);
+            if (st != KEEL_OK)
+                return keel_fail_prefix(st, "preparing '%s': ", x->name);
+            if (ws > dev->workspace_bytes)
+                dev->workspace_bytes = ws;
+        }
     }
-    *index = idx;
+    for (int d = 0; d < plan->n_devices; d++) {
+        plan->devices[d].workspace_bytes = align_up(plan->devices[d].workspace_bytes, ARENA_ALIGN);
+        plan->workspace_bytes += plan->devices[d].workspace_bytes;
+    }
     return KEEL_OK;
 }
 
@@ -373,42 +533,59 @@ static const char *format_bytes(char *buf, size_t size, int64_t bytes)
     return buf;
 }
 
-static keel_status allocate_memory(planner *pl)
+static int64_t first_batch_size(const keel_graph *g)
 {
-    keel_plan *plan = pl->plan;
-    const keel_backend *be = plan->backend;
-    keel_device *dev = plan->device;
-    int64_t need = plan->arena_bytes + plan->workspace_bytes +
-                   (int64_t)sizeof(float) * (2 * plan->param_floats + plan->state_floats);
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i]->op == KEEL_OP_INPUT && g->nodes[i]->ndim > 0)
+            return g->nodes[i]->shape[0];
+    return 0;
+}
+
+/* Checks what a device needs against what it has free before allocating
+ * anything, so a plan that cannot fit says so with numbers. */
+static keel_status check_fits(const keel_plan *plan, const keel_plan_device *dev, int64_t need)
+{
     int64_t free_bytes = 0, total_bytes = 0;
-    if (be->memory_info && be->memory_info(dev, &free_bytes, &total_bytes) == KEEL_OK && free_bytes > 0 &&
-        need > free_bytes) {
-        char a[32], b[32];
-        int64_t batch = 0;
-        for (int i = 0; i < pl->g->n_nodes; i++)
-            if (pl->g->nodes[i]->op == KEEL_OP_INPUT) {
-                batch = pl->g->nodes[i]->shape[0];
-                break;
-            }
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "the plan needs %s on %s:%d, %s free%s", format_bytes(a, sizeof a, need),
-                         be->name, plan->device_index, format_bytes(b, sizeof b, free_bytes),
-                         batch > 1 ? "; try a smaller --batch" : "");
+    if (!dev->backend->memory_info || dev->backend->memory_info(dev->device, &free_bytes, &total_bytes) != KEEL_OK ||
+        free_bytes <= 0 || need <= free_bytes)
+        return KEEL_OK;
+    char a[32], b[32];
+    return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "the plan needs %s on %s, %s free%s", format_bytes(a, sizeof a, need),
+                     dev->name, format_bytes(b, sizeof b, free_bytes),
+                     first_batch_size(plan->graph) > 1 ? "; try a smaller --batch" : "");
+}
+
+static keel_status allocate_memory(keel_plan *plan)
+{
+    int64_t block_bytes = (int64_t)sizeof(float) * (2 * plan->param_floats + plan->state_floats + 48);
+    for (int d = 0; d < plan->n_devices; d++) {
+        keel_plan_device *dev = &plan->devices[d];
+        keel_status st = check_fits(plan, dev, dev->arena_bytes + dev->workspace_bytes + (d == 0 ? block_bytes : 0));
+        if (st != KEEL_OK)
+            return st;
     }
-    plan->arena = be->alloc(dev, (size_t)(plan->arena_bytes ? plan->arena_bytes : ARENA_ALIGN));
-    plan->workspace = plan->workspace_bytes ? be->alloc(dev, (size_t)plan->workspace_bytes) : NULL;
-    plan->param_block = be->alloc(dev, (size_t)(plan->param_floats + 16) * sizeof(float));
-    plan->grad_block = be->alloc(dev, (size_t)(plan->param_floats + 16) * sizeof(float));
-    plan->state_block = be->alloc(dev, (size_t)(plan->state_floats + 16) * sizeof(float));
-    if (!plan->arena || (plan->workspace_bytes && !plan->workspace) || !plan->param_block || !plan->grad_block ||
-        !plan->state_block) {
+    for (int d = 0; d < plan->n_devices; d++) {
+        keel_plan_device *dev = &plan->devices[d];
+        dev->arena = dev->backend->alloc(dev->device, (size_t)(dev->arena_bytes ? dev->arena_bytes : ARENA_ALIGN));
+        dev->workspace = dev->workspace_bytes ? dev->backend->alloc(dev->device, (size_t)dev->workspace_bytes) : NULL;
         char a[32];
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %s for the plan on %s:%d",
-                         format_bytes(a, sizeof a, need), be->name, plan->device_index);
+        if (!dev->arena || (dev->workspace_bytes && !dev->workspace))
+            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %s for the plan on %s",
+                             format_bytes(a, sizeof a, dev->arena_bytes + dev->workspace_bytes), dev->name);
+        keel_status st = dev->backend->fill(dev->device, dev->arena, 0.0f, (size_t)dev->arena_bytes / sizeof(float));
+        if (st != KEEL_OK)
+            return st;
     }
-    keel_status st = be->fill(dev, plan->grad_block, 0.0f, (size_t)plan->param_floats + 16);
-    if (st == KEEL_OK)
-        st = be->fill(dev, plan->arena, 0.0f, (size_t)plan->arena_bytes / sizeof(float));
-    return st;
+    const keel_backend *be = plan->backend;
+    plan->param_block = be->alloc(plan->device, (size_t)(plan->param_floats + 16) * sizeof(float));
+    plan->grad_block = be->alloc(plan->device, (size_t)(plan->param_floats + 16) * sizeof(float));
+    plan->state_block = be->alloc(plan->device, (size_t)(plan->state_floats + 16) * sizeof(float));
+    if (!plan->param_block || !plan->grad_block || !plan->state_block) {
+        char a[32];
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %s of parameters on %s",
+                         format_bytes(a, sizeof a, block_bytes), plan->devices[0].name);
+    }
+    return be->fill(plan->device, plan->grad_block, 0.0f, (size_t)plan->param_floats + 16);
 }
 
 static keel_status init_params(keel_plan *plan)
@@ -432,12 +609,17 @@ static keel_status init_params(keel_plan *plan)
     return st;
 }
 
+static void *buffer_ptr(const planner *pl, int b)
+{
+    const buffer *buf = &pl->bufs[b];
+    return (char *)pl->plan->devices[buf->device].arena + buf->offset;
+}
+
 /* Points every scheduled node at its buffers. */
 static keel_status bind_pointers(planner *pl)
 {
     keel_plan *plan = pl->plan;
     keel_graph *g = pl->g;
-    char *arena = plan->arena;
     for (int k = 0; k < plan->n_params; k++) {
         const keel_plan_param *p = &plan->params[k];
         plan->out_ptr[p->node->id] = keel_plan_param_ptr(plan, p);
@@ -446,9 +628,9 @@ static keel_status bind_pointers(planner *pl)
     }
     for (int i = 0; i < g->n_nodes; i++) {
         if (pl->buf_of[i] >= 0)
-            plan->out_ptr[i] = arena + pl->bufs[pl->buf_of[i]].offset;
+            plan->out_ptr[i] = buffer_ptr(pl, pl->buf_of[i]);
         if (pl->aux_buf_of[i] >= 0)
-            plan->aux_ptr[i] = arena + pl->bufs[pl->aux_buf_of[i]].offset;
+            plan->aux_ptr[i] = buffer_ptr(pl, pl->aux_buf_of[i]);
     }
     for (int s = 0; s < plan->n_sched; s++) /* views, in order: a view of a view works */
         if (pl->buf_of[plan->sched[s]->id] == BUF_VIEW)
@@ -475,80 +657,50 @@ static keel_status list_dying(planner *pl)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
     }
     for (int b = 0; b < pl->n_bufs; b++)
-        if (pl->bufs[b].last >= 0 && pl->bufs[b].last < plan->n_sched && pl->bufs[b].first >= 0)
+        if (pl->bufs[b].first >= 0 && pl->bufs[b].last < plan->n_sched)
             count[pl->bufs[b].last]++;
-    for (int s = 0; s < plan->n_sched; s++) {
-        plan->dying[s] = malloc((size_t)(2 * count[s] + 1) * sizeof(int64_t));
+    keel_status st = KEEL_OK;
+    for (int s = 0; s < plan->n_sched && st == KEEL_OK; s++) {
+        plan->dying[s] = calloc((size_t)count[s] + 1, sizeof(keel_poison));
         if (!plan->dying[s]) {
-            free(count);
-            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
+            st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
+            break;
         }
         int n = 0;
         for (int b = 0; b < pl->n_bufs; b++)
-            if (pl->bufs[b].last == s && pl->bufs[b].first >= 0) {
-                /* Stored as (offset in floats, count of floats). */
-                plan->dying[s][n++] = pl->bufs[b].offset / (int64_t)sizeof(float);
-                plan->dying[s][n++] = pl->bufs[b].bytes / (int64_t)sizeof(float);
-            }
-        plan->dying[s][n] = -1;
+            if (pl->bufs[b].first >= 0 && pl->bufs[b].last == s)
+                plan->dying[s][n++] = (keel_poison){buffer_ptr(pl, b), pl->bufs[b].bytes / (int64_t)sizeof(float)};
     }
     free(count);
-    return KEEL_OK;
-}
-
-static keel_status prepare_nodes(planner *pl)
-{
-    keel_plan *plan = pl->plan;
-    const keel_backend *be = plan->backend;
-    plan->algo = calloc((size_t)(plan->n_sched ? plan->n_sched : 1), sizeof *plan->algo);
-    if (!plan->algo)
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
-    for (int s = 0; s < plan->n_sched; s++) {
-        keel_node *x = plan->sched[s];
-        if (keel_op_get(x->op)->view)
-            continue;
-        if (!be->run[x->op])
-            return keel_fail(KEEL_ERR_UNSUPPORTED, "op '%s' (node '%s') is not supported on backend '%s'",
-                             keel_op_get(x->op)->name, x->name, be->name);
-        if (be->prepare[x->op]) {
-            int64_t ws = 0;
-            keel_status st = be->prepare[x->op](plan->device, x, &ws, &plan->algo[s]);
-            if (st != KEEL_OK)
-                return keel_fail_prefix(st, "preparing '%s': ", x->name);
-            if (ws > plan->workspace_bytes)
-                plan->workspace_bytes = ws;
-        }
-    }
-    plan->workspace_bytes = align_up(plan->workspace_bytes, ARENA_ALIGN);
-    return KEEL_OK;
+    return st;
 }
 
 static keel_status compile(planner *pl, const keel_plan_opts *opts)
 {
     keel_plan *plan = pl->plan;
-    keel_status st = parse_device(opts->devices, &plan->backend, &plan->device_index);
+    keel_status st = open_devices(plan, opts->devices);
     if (st == KEEL_OK)
-        st = keel_context_device(plan->ctx, plan->backend, plan->device_index, &plan->device);
-    if (st == KEEL_OK && plan->backend->configure)
-        st = plan->backend->configure(plan->device, opts);
+        st = build_schedule(plan);
     if (st == KEEL_OK)
-        st = build_schedule(pl);
+        st = list_cross_deps(plan);
     if (st == KEEL_OK)
         st = layout_params(pl);
     if (st == KEEL_OK)
         st = assign_buffers(pl);
     if (st == KEEL_OK)
-        st = pack_arena(pl);
+        st = pack_arenas(pl);
     if (st == KEEL_OK)
-        st = prepare_nodes(pl);
+        st = prepare_nodes(plan, opts);
     if (st == KEEL_OK)
-        st = allocate_memory(pl);
+        st = allocate_memory(plan);
     if (st == KEEL_OK)
         st = init_params(plan);
     if (st == KEEL_OK)
         st = bind_pointers(pl);
     if (st == KEEL_OK && plan->poison_dead)
         st = list_dying(pl);
+    if (st == KEEL_OK && plan->n_devices > 1)
+        st = keel_workers_start(plan);
     return st;
 }
 
@@ -562,6 +714,7 @@ keel_status keel_plan_compile(keel_plan **out, keel_graph *g, keel_context *ctx,
     keel_plan_opts defaults = {0};
     if (!opts)
         opts = &defaults;
+    size_t n = (size_t)g->n_nodes + 1;
     keel_plan *plan = calloc(1, sizeof *plan);
     planner pl = {.plan = plan, .g = g};
     if (plan) {
@@ -569,26 +722,24 @@ keel_status keel_plan_compile(keel_plan **out, keel_graph *g, keel_context *ctx,
         plan->ctx = ctx;
         plan->seed = opts->seed;
         plan->poison_dead = opts->poison_dead;
-        plan->out_ptr = calloc((size_t)g->n_nodes + 1, sizeof *plan->out_ptr);
-        plan->aux_ptr = calloc((size_t)g->n_nodes + 1, sizeof *plan->aux_ptr);
-        plan->in_ptrs = calloc((size_t)g->n_nodes + 1, sizeof *plan->in_ptrs);
-        pl.buf_of = malloc(((size_t)g->n_nodes + 1) * sizeof *pl.buf_of);
-        pl.aux_buf_of = malloc(((size_t)g->n_nodes + 1) * sizeof *pl.aux_buf_of);
-        pl.pos = malloc(((size_t)g->n_nodes + 1) * sizeof *pl.pos);
+        plan->out_ptr = calloc(n, sizeof *plan->out_ptr);
+        plan->aux_ptr = calloc(n, sizeof *plan->aux_ptr);
+        plan->in_ptrs = calloc(n, sizeof *plan->in_ptrs);
+        plan->pos_of = malloc(n * sizeof *plan->pos_of);
+        pl.buf_of = malloc(n * sizeof *pl.buf_of);
+        pl.aux_buf_of = malloc(n * sizeof *pl.aux_buf_of);
     }
-    if (!plan || !plan->out_ptr || !plan->aux_ptr || !plan->in_ptrs || !pl.buf_of || !pl.aux_buf_of || !pl.pos) {
-        free(pl.buf_of);
-        free(pl.aux_buf_of);
-        free(pl.pos);
-        keel_plan_destroy(plan);
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory compiling the plan");
+    keel_status st = KEEL_OK;
+    if (!plan || !plan->out_ptr || !plan->aux_ptr || !plan->in_ptrs || !plan->pos_of || !pl.buf_of ||
+        !pl.aux_buf_of) {
+        st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory compiling the plan");
+    } else {
+        for (int i = 0; i < g->n_nodes; i++)
+            pl.buf_of[i] = pl.aux_buf_of[i] = plan->pos_of[i] = -1; /* none */
+        st = compile(&pl, opts);
     }
-    for (int i = 0; i < g->n_nodes; i++)
-        pl.buf_of[i] = pl.aux_buf_of[i] = pl.pos[i] = -1; /* none */
-    keel_status st = compile(&pl, opts);
     free(pl.buf_of);
     free(pl.aux_buf_of);
-    free(pl.pos);
     free(pl.bufs);
     if (st != KEEL_OK) {
         keel_plan_destroy(plan);
@@ -602,25 +753,38 @@ void keel_plan_destroy(keel_plan *plan)
 {
     if (!plan)
         return;
-    const keel_backend *be = plan->backend;
-    if (be && plan->device) {
+    keel_workers_stop(plan);
+    for (int d = 0; d < plan->n_devices; d++) {
+        keel_plan_device *dev = &plan->devices[d];
+        if (!dev->device)
+            continue;
+        const keel_backend *be = dev->backend;
         if (be->sync)
-            be->sync(plan->device);
+            be->sync(dev->device);
         for (int s = 0; plan->algo && s < plan->n_sched; s++)
-            if (plan->algo[s] && be->release_algo)
-                be->release_algo(plan->device, plan->algo[s]);
-        be->free(plan->device, plan->arena);
-        be->free(plan->device, plan->workspace);
-        be->free(plan->device, plan->param_block);
-        be->free(plan->device, plan->grad_block);
-        be->free(plan->device, plan->state_block);
+            if (plan->algo[s] && plan->device_of[s] == d && be->release_algo)
+                be->release_algo(dev->device, plan->algo[s]);
+        be->free(dev->device, dev->arena);
+        be->free(dev->device, dev->workspace);
+        if (d == 0) {
+            be->free(dev->device, plan->param_block);
+            be->free(dev->device, plan->grad_block);
+            be->free(dev->device, plan->state_block);
+        }
+        if (dev->owned)
+            be->close(dev->device);
+        free(dev->positions);
     }
     for (int s = 0; s < plan->n_sched; s++) {
         if (plan->in_ptrs)
             free(plan->in_ptrs[s]);
         if (plan->dying)
             free(plan->dying[s]);
+        if (plan->cross_deps)
+            free(plan->cross_deps[s]);
     }
+    free(plan->devices);
+    free(plan->cross_deps);
     free(plan->dying);
     free(plan->node_seconds);
     free(plan->node_runs);
@@ -628,275 +792,9 @@ void keel_plan_destroy(keel_plan *plan)
     free(plan->algo);
     free(plan->out_ptr);
     free(plan->aux_ptr);
+    free(plan->pos_of);
+    free(plan->device_of);
     free(plan->sched);
     free(plan->params);
     free(plan);
-}
-
-/* ---- running ----------------------------------------------------------- */
-
-/* Host time after the device has finished everything queued so far. */
-static double profile_clock(keel_plan *plan)
-{
-    if (plan->backend->sync)
-        plan->backend->sync(plan->device);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static keel_status run_range(keel_plan *plan, int begin, int end, bool training)
-{
-    const keel_backend *be = plan->backend;
-    keel_launch launch = {
-        .workspace = plan->workspace,
-        .workspace_bytes = plan->workspace_bytes,
-        .device = plan->device,
-        .training = training,
-        .seed = plan->seed,
-        .step = plan->step,
-    };
-    for (int s = begin; s < end; s++) {
-        keel_node *x = plan->sched[s];
-        if (!keel_op_get(x->op)->view) {
-            launch.node = x;
-            launch.out = plan->out_ptr[x->id];
-            launch.in = plan->in_ptrs[s];
-            launch.aux = plan->aux_ptr[x->id];
-            launch.fwd_aux = x->fwd ? plan->aux_ptr[x->fwd->id] : NULL;
-            launch.algo = plan->algo[s];
-            double started = plan->profiling ? profile_clock(plan) : 0.0;
-            keel_status st = be->run[x->op](&launch);
-            if (st != KEEL_OK)
-                return keel_fail_prefix(st, "node '%s' (%s): ", x->name, keel_op_get(x->op)->name);
-            if (plan->profiling) {
-                plan->node_seconds[s] += profile_clock(plan) - started;
-                plan->node_runs[s]++;
-            }
-        }
-        if (plan->poison_dead)
-            for (const int64_t *d = plan->dying[s]; *d >= 0; d += 2)
-                be->fill(plan->device, (float *)plan->arena + d[0], NAN, (size_t)d[1]);
-    }
-    return KEEL_OK;
-}
-
-/* Gradients that could not be bound to the gradient block are copied there. */
-static keel_status copy_unbound_grads(keel_plan *plan)
-{
-    for (int k = 0; k < plan->n_params; k++) {
-        const keel_plan_param *p = &plan->params[k];
-        keel_node *grad = p->node->grad;
-        if (!p->node->trainable || !grad)
-            continue;
-        float *dst = plan->grad_block + p->offset;
-        const void *src = plan->out_ptr[grad->id];
-        if (src == dst)
-            continue;
-        if (!src)
-            return keel_fail(KEEL_ERR_STATE, "the gradient of '%s' was not computed", p->node->name);
-        /* Host staging keeps the backend contract small; this path is rare
-         * (a parameter whose gradient is another node's value). */
-        size_t bytes = (size_t)p->numel * sizeof(float);
-        float *tmp = malloc(bytes);
-        if (!tmp)
-            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
-        keel_status st = plan->backend->download(plan->device, tmp, src, bytes);
-        if (st == KEEL_OK)
-            st = plan->backend->upload(plan->device, dst, tmp, bytes);
-        free(tmp);
-        if (st != KEEL_OK)
-            return st;
-    }
-    return KEEL_OK;
-}
-
-keel_status keel_plan_forward(keel_plan *plan, bool training)
-{
-    if (!plan)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_plan_forward: plan is NULL");
-    if (training)
-        plan->step++;
-    plan->forward_done = false;
-    keel_status st = run_range(plan, 0, plan->n_forward, training);
-    if (st != KEEL_OK)
-        return st;
-    plan->forward_done = true;
-    plan->forward_was_training = training;
-    return KEEL_OK;
-}
-
-keel_status keel_plan_backward(keel_plan *plan)
-{
-    if (!plan)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_plan_backward: plan is NULL");
-    if (!plan->graph->has_backward)
-        return keel_fail(KEEL_ERR_STATE, "the graph has no backward pass (call keel_graph_backward before compiling)");
-    if (!plan->forward_done || !plan->forward_was_training)
-        return keel_fail(KEEL_ERR_STATE, "keel_plan_backward needs a training forward pass first "
-                                         "(keel_plan_forward(plan, true))");
-    plan->forward_done = false; /* the backward pass consumes the saved activations */
-    keel_status st = run_range(plan, plan->n_forward, plan->n_sched, true);
-    if (st == KEEL_OK)
-        st = copy_unbound_grads(plan);
-    return st;
-}
-
-static keel_status check_node(const keel_plan *plan, const keel_node *x, const char *what)
-{
-    if (!x)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "%s: node is NULL", what);
-    if (x->id >= plan->graph->n_nodes || plan->graph->nodes[x->id] != x)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "%s: node '%s' belongs to another graph", what, x->name);
-    return KEEL_OK;
-}
-
-keel_status keel_plan_set_input(keel_plan *plan, const keel_node *input, const void *data)
-{
-    keel_status st = check_node(plan, input, "keel_plan_set_input");
-    if (st != KEEL_OK)
-        return st;
-    if (input->op != KEEL_OP_INPUT)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_plan_set_input: '%s' is not an input", input->name);
-    return plan->backend->upload(plan->device, plan->out_ptr[input->id], data, (size_t)node_bytes(input));
-}
-
-keel_status keel_plan_read(keel_plan *plan, const keel_node *x, void *dst)
-{
-    keel_status st = check_node(plan, x, "keel_plan_read");
-    if (st != KEEL_OK)
-        return st;
-    bool readable = x->keep || x->op == KEEL_OP_INPUT || x->op == KEEL_OP_PARAM;
-    if (!readable || !plan->out_ptr[x->id])
-        return keel_fail(KEEL_ERR_STATE, "keel_plan_read: '%s' is not kept after a run; call keel_graph_keep "
-                                         "before keel_plan_compile", x->name);
-    return plan->backend->download(plan->device, dst, plan->out_ptr[x->id], (size_t)node_bytes(x));
-}
-
-const keel_plan_param *keel_plan_find_param(const keel_plan *plan, const char *name)
-{
-    for (int k = 0; k < plan->n_params; k++)
-        if (strcmp(plan->params[k].node->name, name) == 0)
-            return &plan->params[k];
-    return NULL;
-}
-
-float *keel_plan_param_ptr(const keel_plan *plan, const keel_plan_param *p)
-{
-    return (p->node->trainable ? plan->param_block : plan->state_block) + p->offset;
-}
-
-static keel_status lookup(const keel_plan *plan, const char *name, int64_t count, const keel_plan_param **out)
-{
-    const keel_plan_param *p = name ? keel_plan_find_param(plan, name) : NULL;
-    if (!p)
-        return keel_fail(KEEL_ERR_NOT_FOUND, "no parameter named '%s'", name ? name : "(null)");
-    if (count != p->numel) {
-        char buf[96];
-        return keel_fail(KEEL_ERR_SHAPE, "parameter '%s' has %lld elements (shape %s), not %lld", name,
-                         (long long)p->numel, keel_node_shape_str(p->node, buf, sizeof buf), (long long)count);
-    }
-    *out = p;
-    return KEEL_OK;
-}
-
-keel_status keel_plan_param_get(keel_plan *plan, const char *name, float *dst, int64_t count)
-{
-    const keel_plan_param *p = NULL;
-    keel_status st = lookup(plan, name, count, &p);
-    if (st != KEEL_OK)
-        return st;
-    return plan->backend->download(plan->device, dst, keel_plan_param_ptr(plan, p), (size_t)count * sizeof(float));
-}
-
-keel_status keel_plan_param_set(keel_plan *plan, const char *name, const float *src, int64_t count)
-{
-    const keel_plan_param *p = NULL;
-    keel_status st = lookup(plan, name, count, &p);
-    if (st != KEEL_OK)
-        return st;
-    return plan->backend->upload(plan->device, keel_plan_param_ptr(plan, p), src, (size_t)count * sizeof(float));
-}
-
-keel_status keel_plan_grad_get(keel_plan *plan, const char *name, float *dst, int64_t count)
-{
-    const keel_plan_param *p = NULL;
-    keel_status st = lookup(plan, name, count, &p);
-    if (st != KEEL_OK)
-        return st;
-    if (!p->node->trainable)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "'%s' is a state buffer and has no gradient", name);
-    return plan->backend->download(plan->device, dst, plan->grad_block + p->offset, (size_t)count * sizeof(float));
-}
-
-int keel_plan_param_count(const keel_plan *plan)
-{
-    return plan ? plan->n_params : 0;
-}
-
-keel_status keel_plan_param_info(const keel_plan *plan, int index, keel_param_info *info)
-{
-    if (!plan || index < 0 || index >= plan->n_params)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "parameter index %d out of range", index);
-    const keel_node *x = plan->params[index].node;
-    info->name = x->name;
-    info->ndim = x->ndim;
-    for (int i = 0; i < x->ndim; i++)
-        info->shape[i] = x->shape[i];
-    info->trainable = x->trainable;
-    return KEEL_OK;
-}
-
-keel_status keel_plan_memory(const keel_plan *plan, keel_memory_report *report)
-{
-    if (!plan || !report)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_plan_memory: plan and report are required");
-    report->arena_bytes = plan->arena_bytes;
-    report->tensor_bytes = plan->tensor_bytes;
-    report->param_bytes = (plan->param_floats + plan->state_floats) * (int64_t)sizeof(float);
-    report->grad_bytes = plan->param_floats * (int64_t)sizeof(float);
-    report->workspace_bytes = plan->workspace_bytes;
-    return KEEL_OK;
-}
-
-keel_status keel_plan_profile(keel_plan *plan, bool on)
-{
-    if (!plan)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_plan_profile: plan is NULL");
-    if (on && !plan->node_seconds) {
-        /* Allocated once, outside any step. */
-        plan->node_seconds = calloc((size_t)plan->n_sched + 1, sizeof *plan->node_seconds);
-        plan->node_runs = calloc((size_t)plan->n_sched + 1, sizeof *plan->node_runs);
-        if (!plan->node_seconds || !plan->node_runs)
-            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for profiling");
-    }
-    plan->profiling = on;
-    return KEEL_OK;
-}
-
-void keel_plan_profile_reset(keel_plan *plan)
-{
-    if (!plan || !plan->node_seconds)
-        return;
-    memset(plan->node_seconds, 0, (size_t)plan->n_sched * sizeof *plan->node_seconds);
-    memset(plan->node_runs, 0, (size_t)plan->n_sched * sizeof *plan->node_runs);
-}
-
-int keel_plan_profile_count(const keel_plan *plan)
-{
-    return plan ? plan->n_sched : 0;
-}
-
-keel_status keel_plan_profile_get(const keel_plan *plan, int index, keel_node_time *out)
-{
-    if (!plan || index < 0 || index >= plan->n_sched)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "profile index %d out of range", index);
-    const keel_node *x = plan->sched[index];
-    out->node = x->name;
-    out->op = keel_op_get(x->op)->name;
-    out->layer = x->layer ? x->layer : x->name;
-    out->backward = x->is_backward;
-    out->seconds = plan->node_seconds ? plan->node_seconds[index] : 0.0;
-    out->runs = plan->node_runs ? plan->node_runs[index] : 0;
-    return KEEL_OK;
 }

@@ -1,5 +1,6 @@
-/* The compiled plan, shared by the planner (plan.c) and the training code,
- * which runs fused optimiser updates over the parameter blocks. */
+/* The compiled plan, shared by the planner (plan.c), the executor
+ * (execute.c) and the training code, which runs fused optimiser updates
+ * over the parameter blocks. */
 #ifndef KEEL_PLAN_INTERNAL_H
 #define KEEL_PLAN_INTERNAL_H
 
@@ -13,27 +14,56 @@ typedef struct keel_plan_param {
     int64_t numel;
 } keel_plan_param;
 
-struct keel_plan {
-    keel_graph *graph;
-    keel_context *ctx;
+/* One device a plan runs on: its own arena and workspace, and the schedule
+ * positions it executes, in order. */
+typedef struct keel_plan_device {
     const keel_backend *backend;
     keel_device *device;
-    int device_index;
-
-    int n_sched;
-    keel_node **sched;            /* nodes to run, forward ones first */
-    int n_forward;
-    void **out_ptr;               /* by node id: output (NULL if not placed) */
-    void **aux_ptr;               /* by node id */
-    void ***in_ptrs;              /* by schedule index: input pointers */
-    void **algo;                  /* by schedule index */
-    int64_t **dying;              /* by schedule index: (offset, count) floats to poison after it, -1 ends */
-    bool poison_dead;
-
+    bool owned;                 /* opened by the plan (a split CPU), closed with it */
+    char name[32];              /* "cpu:1" */
     void *arena;
     int64_t arena_bytes, tensor_bytes;
     void *workspace;
     int64_t workspace_bytes;
+    int *positions;
+    int n_positions;
+    double busy_seconds;        /* time spent in kernels, when profiling */
+} keel_plan_device;
+
+/* A region to fill with NaN once its last reader has run (poison_dead). */
+typedef struct keel_poison {
+    float *ptr;
+    int64_t count;
+} keel_poison;
+
+typedef struct keel_workers keel_workers;
+
+struct keel_plan {
+    keel_graph *graph;
+    keel_context *ctx;
+    /* The parameter device (devices[0]): parameters, gradients, running
+     * statistics and inputs live there. */
+    const keel_backend *backend;
+    keel_device *device;
+    int device_index;
+    keel_plan_device *devices;
+    int n_devices;
+
+    int n_sched;
+    keel_node **sched;            /* nodes to run, forward ones first */
+    int n_forward;
+    int *pos_of;                  /* by node id: schedule position, -1 unscheduled */
+    int *device_of;               /* by schedule position: index into devices */
+    int **cross_deps;             /* by position: positions on other devices it waits for, -1 ends */
+    void **out_ptr;               /* by node id: output (NULL if not placed) */
+    void **aux_ptr;               /* by node id */
+    void ***in_ptrs;              /* by schedule position: input pointers */
+    void **algo;                  /* by schedule position */
+    keel_poison **dying;          /* by schedule position, ptr NULL ends; when poison_dead */
+    bool poison_dead;
+    keel_workers *workers;        /* one thread per device, when there are several */
+
+    int64_t arena_bytes, tensor_bytes, workspace_bytes; /* summed over devices */
 
     /* Parameters: trainable ones in one block (and their gradients in a
      * mirror block), running statistics in another. */
@@ -43,7 +73,7 @@ struct keel_plan {
     int64_t param_floats, state_floats;
 
     bool profiling;
-    double *node_seconds;         /* by schedule index, when profiling */
+    double *node_seconds;         /* by schedule position, when profiling */
     int64_t *node_runs;
 
     uint64_t seed;
@@ -61,5 +91,12 @@ keel_status keel_context_device(keel_context *ctx, const keel_backend *backend, 
 
 /* Fills a host buffer with a parameter's initial values (init.c). */
 keel_status keel_param_init(const keel_node *p, float *dst, uint64_t seed);
+
+/* execute.c: runs schedule positions [begin, end), on one thread per device
+ * when there are several. */
+keel_status keel_plan_run_range(keel_plan *plan, int begin, int end, bool training);
+/* Starts and stops the per-device threads (several devices only). */
+keel_status keel_workers_start(keel_plan *plan);
+void keel_workers_stop(keel_plan *plan);
 
 #endif
