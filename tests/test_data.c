@@ -527,6 +527,37 @@ static void test_loader_epochs(void **state)
     keel_dataset_free(d);
 }
 
+/* Two shards of one seeded order are disjoint, and together they are the
+ * global batches of an unsharded loader with twice the batch. */
+static void test_loader_shards(void **state)
+{
+    (void)state;
+    keel_dataset *d = indexed_dataset(L_COUNT);
+    int64_t whole[L_COUNT], shard[2][L_COUNT];
+    keel_loader *l = make_loader(d, 10, true, 9, true, true);
+    int64_t n_whole = run_epoch(l, 2, 10, whole);
+    keel_loader_destroy(l);
+    for (int r = 0; r < 2; r++) {
+        keel_loader_opts opts = {.batch = 5, .shuffle = true, .seed = 9, .drop_last = true, .shard_count = 2,
+                                 .shard_index = r};
+        KS_OK(keel_loader_create(&l, d, &opts));
+        assert_int_equal(keel_loader_batches(l), n_whole / 10);
+        assert_int_equal(run_epoch(l, 2, 5, shard[r]), n_whole / 2);
+        keel_loader_destroy(l);
+    }
+    for (int64_t k = 0; k < n_whole / 10; k++)
+        for (int64_t i = 0; i < 5; i++) {
+            assert_int_equal(shard[0][k * 5 + i], whole[k * 10 + i]);
+            assert_int_equal(shard[1][k * 5 + i], whole[k * 10 + 5 + i]);
+        }
+    keel_loader_opts bad = {.batch = 5, .shard_count = 2, .shard_index = 0};
+    assert_int_equal(keel_loader_create(&l, d, &bad), KEEL_ERR_INVALID_ARGUMENT); /* needs drop_last */
+    bad.drop_last = true;
+    bad.shard_index = 2;
+    assert_int_equal(keel_loader_create(&l, d, &bad), KEEL_ERR_INVALID_ARGUMENT);
+    keel_dataset_free(d);
+}
+
 static void test_loader_drop_last_and_errors(void **state)
 {
     (void)state;
@@ -641,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_stats_and_normalization),
         cmocka_unit_test(test_loader_epochs),
         cmocka_unit_test(test_loader_drop_last_and_errors),
+        cmocka_unit_test(test_loader_shards),
         cmocka_unit_test(test_loader_prefetch_matches),
         cmocka_unit_test(test_loader_restart_and_shutdown),
     };

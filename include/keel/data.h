@@ -56,6 +56,11 @@ typedef struct keel_loader_opts {
     uint64_t seed;
     bool drop_last;     /* skip a final partial batch (training) */
     bool no_prefetch;   /* assemble batches on the caller's thread */
+    /* Data parallelism: with shard_count > 1, batch k of this loader holds
+     * samples [(k*shard_count + shard_index)*batch, +batch) of the epoch's
+     * order, so ranks that share seed and epoch see disjoint shards of one
+     * global batch. Needs drop_last. 0 means one shard. */
+    int shard_count, shard_index;
 } keel_loader_opts;
 
 keel_status keel_loader_create(keel_loader **out, const keel_dataset *d, const keel_loader_opts *opts);
@@ -159,10 +164,11 @@ const char *keel_image_dataset_class_name(const keel_image_dataset *d, int c);
 int32_t keel_image_dataset_label(const keel_image_dataset *d, int64_t index);
 /* The file of sample `index` (folders and lists); NULL for shards. */
 const char *keel_image_dataset_path(const keel_image_dataset *d, int64_t index);
-/* Sample `index` at the dataset's short side. A packed sample is a view into
- * the mapping (capacity 0; valid while the dataset lives), a file is decoded
- * into img's buffer. A corrupt file fails here (KEEL_ERR_FORMAT or
- * KEEL_ERR_IO) and is counted. */
+/* Sample `index` at the dataset's short side. A file is decoded into img's
+ * buffer (grown as needed); a packed sample becomes a view into the mapping
+ * (capacity 0, valid while the dataset lives; a buffer img owned is freed
+ * first). A corrupt file fails here (KEEL_ERR_FORMAT or KEEL_ERR_IO) and is
+ * counted. */
 keel_status keel_image_dataset_read(keel_image_dataset *d, int64_t index, keel_image *img);
 /* Distinct corrupt or unreadable images met so far (by loaders, packing or
  * reads). */

@@ -141,7 +141,7 @@ static keel_status parse_shape(cursor *c, npy_header *h)
         return st;
     h->ndim = 0;
     while (!peek_is(c, ')')) {
-        int64_t dim;
+        int64_t dim = 0;
         if ((st = parse_dim(c, &dim)) != KEEL_OK)
             return st;
         if (h->ndim == KEEL_MAX_DIMS)
@@ -271,7 +271,7 @@ static keel_status read_prefix(FILE *f, const char *path, size_t *header_len, si
 
 static keel_status read_header(FILE *f, const char *path, npy_header *h, size_t *data_start)
 {
-    size_t header_len;
+    size_t header_len = 0;
     keel_status st = read_prefix(f, path, &header_len, data_start);
     if (st != KEEL_OK)
         return st;

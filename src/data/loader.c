@@ -14,6 +14,7 @@
 struct keel_loader {
     const keel_dataset *dataset;
     int64_t batch;
+    int64_t shard_count, shard_index;
     int64_t count;        /* samples per epoch (the dataset size at create) */
     int64_t batches;      /* per epoch */
     int64_t image_floats; /* C * H * W */
@@ -67,7 +68,7 @@ static void make_order(keel_loader *l, int64_t epoch)
 static void assemble(keel_loader *l, int64_t k)
 {
     int slot = (int)(k % 2);
-    int64_t first = k * l->batch;
+    int64_t first = (k * l->shard_count + l->shard_index) * l->batch;
     int64_t n = l->count - first < l->batch ? l->count - first : l->batch;
     float *images = l->images[slot];
     int32_t *labels = l->labels[slot];
@@ -116,10 +117,15 @@ static keel_status check_opts(const keel_dataset *d, const keel_loader_opts *opt
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_loader_create: dataset and options must not be NULL");
     if (opts->batch <= 0)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the batch size must be positive, got %lld", (long long)opts->batch);
-    if (opts->drop_last && d->count < opts->batch)
+    if (opts->shard_count < 0 || (opts->shard_count > 0 && (opts->shard_index < 0 || opts->shard_index >= opts->shard_count)))
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "shard %d of %d does not exist", opts->shard_index, opts->shard_count);
+    if (opts->shard_count > 1 && !opts->drop_last)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "a sharded loader needs drop_last, so every shard gets full batches");
+    int64_t global_batch = opts->batch * (opts->shard_count > 1 ? opts->shard_count : 1);
+    if (opts->drop_last && d->count < global_batch)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT,
                          "the dataset has %lld samples, fewer than one batch of %lld, so drop_last leaves no batches",
-                         (long long)d->count, (long long)opts->batch);
+                         (long long)d->count, (long long)global_batch);
     return KEEL_OK;
 }
 
@@ -176,7 +182,10 @@ keel_status keel_loader_create(keel_loader **out, const keel_dataset *d, const k
     l->dataset = d;
     l->batch = opts->batch;
     l->count = d->count;
-    l->batches = opts->drop_last ? d->count / opts->batch : (d->count + opts->batch - 1) / opts->batch;
+    l->shard_count = opts->shard_count > 1 ? opts->shard_count : 1;
+    l->shard_index = opts->shard_count > 1 ? opts->shard_index : 0;
+    int64_t global_batch = opts->batch * l->shard_count;
+    l->batches = opts->drop_last ? d->count / global_batch : (d->count + opts->batch - 1) / opts->batch;
     l->image_floats = keel_dataset_image_bytes(d);
     l->shuffle = opts->shuffle;
     l->prefetch = !opts->no_prefetch;

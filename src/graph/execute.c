@@ -52,6 +52,8 @@ static keel_status run_node(keel_plan *plan, int s, bool training)
     if (plan->poison_dead)
         for (const keel_poison *d = plan->dying[s]; d->ptr; d++)
             dev->backend->fill(dev->device, d->ptr, NAN, (size_t)d->count);
+    if (x->is_backward && plan->on_backward_node)
+        plan->on_backward_node(plan, x, plan->on_backward_user);
     return KEEL_OK;
 }
 

@@ -76,6 +76,11 @@ struct keel_plan {
     double *node_seconds;         /* by schedule position, when profiling */
     int64_t *node_runs;
 
+    /* Called after each backward node finishes (data parallelism starts
+     * gradient all-reduces while the backward pass is still running). */
+    void (*on_backward_node)(keel_plan *plan, const keel_node *node, void *user);
+    void *on_backward_user;
+
     uint64_t seed;
     uint64_t step;
     bool forward_done, forward_was_training;
