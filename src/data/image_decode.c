@@ -104,15 +104,15 @@ static int filter_taps(int in_size, int out_size)
     return (int)ceil(support) * 2 + 1;
 }
 
-static void compute_taps(int start, int in_size, int out_size, int taps_max, int *bounds, int32_t *weights)
+/* With `pad`, every output gets exactly taps_max taps, the extra ones with
+ * weight 0 and the window moved left where it would pass the end, so the
+ * horizontal pass runs fixed-length loops the compiler unrolls; the sums
+ * are unchanged. Needs in_size >= taps_max. */
+static void compute_taps(int start, int in_size, int out_size, int taps_max, bool pad, int *bounds, int32_t *weights)
 {
     double scale = (double)in_size / out_size;
     double filter_scale = scale < 1.0 ? 1.0 : scale;
     double support = filter_scale;
-    double *k = malloc((size_t)taps_max * sizeof *k);
-    double stack_k[64];
-    if (!k)
-        k = stack_k; /* taps_max <= 64 always fits here when malloc fails */
     for (int o = 0; o < out_size; o++) {
         double center = (o + 0.5) * scale;
         int first = (int)(center - support + 0.5);
@@ -125,19 +125,21 @@ static void compute_taps(int start, int in_size, int out_size, int taps_max, int
         if (count > taps_max)
             count = taps_max;
         double total = 0.0;
-        for (int t = 0; t < count; t++) {
-            k[t] = triangle((t + first - center + 0.5) / filter_scale);
-            total += k[t];
-        }
+        for (int t = 0; t < count; t++)
+            total += triangle((t + first - center + 0.5) / filter_scale);
+        int window = first;
+        if (pad && first + taps_max > in_size)
+            window = in_size - taps_max;
+        int shift = first - window;
         for (int t = 0; t < taps_max; t++) {
-            double w = t < count && total > 0.0 ? k[t] / total : 0.0;
+            int j = t - shift;
+            double w = j >= 0 && j < count && total > 0.0 ? triangle((j + first - center + 0.5) / filter_scale) / total
+                                                          : 0.0;
             weights[(size_t)o * taps_max + t] = (int32_t)lrint(w * (1 << FIXED_BITS));
         }
-        bounds[2 * o] = start + first;
-        bounds[2 * o + 1] = count;
+        bounds[2 * o] = start + window;
+        bounds[2 * o + 1] = pad ? taps_max : count;
     }
-    if (k != stack_k)
-        free(k);
 }
 
 static inline uint8_t clip_fixed(int32_t acc)
@@ -146,25 +148,61 @@ static inline uint8_t clip_fixed(int32_t acc)
     return (uint8_t)(acc < 0 ? 0 : acc > 255 ? 255 : acc);
 }
 
+/* The horizontal pass over one row with `taps` taps per output; inlined with
+ * a constant taps below, so the tap loop unrolls. */
+static inline void resample_row(const uint8_t *row, const int *bounds, const int32_t *weights, int taps,
+                                uint8_t *out, int out_width)
+{
+    for (int o = 0; o < out_width; o++) {
+        const uint8_t *p = row + (size_t)bounds[2 * o] * 3;
+        const int32_t *w = weights + (size_t)o * taps;
+        int32_t r = 1 << (FIXED_BITS - 1), g = r, b = r;
+        for (int t = 0; t < taps; t++) {
+            r += p[3 * t] * w[t];
+            g += p[3 * t + 1] * w[t];
+            b += p[3 * t + 2] * w[t];
+        }
+        out[3 * o] = clip_fixed(r);
+        out[3 * o + 1] = clip_fixed(g);
+        out[3 * o + 2] = clip_fixed(b);
+    }
+}
+
+/* Outputs with different tap counts (a box narrower than the filter). */
+static void resample_row_varying(const uint8_t *row, const int *bounds, const int32_t *weights, int taps_max,
+                                 uint8_t *out, int out_width)
+{
+    for (int o = 0; o < out_width; o++) {
+        const uint8_t *p = row + (size_t)bounds[2 * o] * 3;
+        const int32_t *w = weights + (size_t)o * taps_max;
+        int32_t r = 1 << (FIXED_BITS - 1), g = r, b = r;
+        for (int t = 0; t < bounds[2 * o + 1]; t++) {
+            r += p[3 * t] * w[t];
+            g += p[3 * t + 1] * w[t];
+            b += p[3 * t + 2] * w[t];
+        }
+        out[3 * o] = clip_fixed(r);
+        out[3 * o + 1] = clip_fixed(g);
+        out[3 * o + 2] = clip_fixed(b);
+    }
+}
+
 static void resample_rows(const uint8_t *src, size_t src_stride, int row_count, const int *bounds,
-                          const int32_t *weights, int taps_max, uint8_t *dst, int out_width)
+                          const int32_t *weights, int taps_max, bool padded, uint8_t *dst, int out_width)
 {
     for (int r = 0; r < row_count; r++) {
         const uint8_t *row = src + (size_t)r * src_stride;
         uint8_t *out = dst + (size_t)r * out_width * 3;
-        for (int o = 0; o < out_width; o++) {
-            const uint8_t *p = row + (size_t)bounds[2 * o] * 3;
-            const int32_t *w = weights + (size_t)o * taps_max;
-            int32_t r0 = 1 << (FIXED_BITS - 1), g0 = r0, b0 = r0;
-            for (int t = 0; t < bounds[2 * o + 1]; t++) {
-                r0 += p[3 * t] * w[t];
-                g0 += p[3 * t + 1] * w[t];
-                b0 += p[3 * t + 2] * w[t];
-            }
-            out[3 * o] = clip_fixed(r0);
-            out[3 * o + 1] = clip_fixed(g0);
-            out[3 * o + 2] = clip_fixed(b0);
-        }
+        if (!padded)
+            resample_row_varying(row, bounds, weights, taps_max, out, out_width);
+        else if (taps_max == 3) /* enlarging */
+            resample_row(row, bounds, weights, 3, out, out_width);
+        else if (taps_max == 5) /* shrinking by up to 2 */
+            resample_row(row, bounds, weights, 5, out, out_width);
+        else if (taps_max == 7)
+            resample_row(row, bounds, weights, 7, out, out_width);
+        else
+            resample_row(row, bounds, weights, taps_max, out, out_width);
     }
 }
 
@@ -205,7 +243,7 @@ keel_status keel_resample(const uint8_t *src, int src_width, int x, int y, int b
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate resampling tables for %dx%d", out_width, out_height);
     int32_t *hweights = s->weights, *vweights = s->weights + (size_t)out_width * htaps;
     int *hbounds = s->bounds, *vbounds = s->bounds + 2 * (size_t)out_width;
-    compute_taps(y, box_height, out_height, vtaps, vbounds, vweights);
+    compute_taps(y, box_height, out_height, vtaps, false, vbounds, vweights);
 
     /* Only the source rows some output row reads need the horizontal pass. */
     int first_row = vbounds[0];
@@ -216,9 +254,10 @@ keel_status keel_resample(const uint8_t *src, int src_width, int x, int y, int b
         int rows = last_row - first_row;
         if (!grow((void **)&s->middle, &s->middle_cap, (size_t)rows * out_width * 3))
             return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %d resampled rows", rows);
-        compute_taps(x, box_width, out_width, htaps, hbounds, hweights);
-        resample_rows(src + (size_t)first_row * src_stride, src_stride, rows, hbounds, hweights, htaps, s->middle,
-                      out_width);
+        bool padded = box_width >= htaps;
+        compute_taps(x, box_width, out_width, htaps, padded, hbounds, hweights);
+        resample_rows(src + (size_t)first_row * src_stride, src_stride, rows, hbounds, hweights, htaps, padded,
+                      s->middle, out_width);
         middle = s->middle;
         middle_stride = (size_t)out_width * 3;
     }
@@ -351,6 +390,10 @@ static keel_status decode_png(keel_decoder *dec, const uint8_t *bytes, size_t si
     size_t pixels = (size_t)width * height;
     bool alpha = (image.format & PNG_FORMAT_FLAG_ALPHA) != 0;
     image.format = alpha ? PNG_FORMAT_RGBA : PNG_FORMAT_RGB;
+    /* A 16-bit file without gamma information holds sRGB values, as image
+     * editors write them; libpng would otherwise take them as linear and
+     * brighten them on the way to 8 bits. */
+    image.flags |= PNG_IMAGE_FLAG_16BIT_sRGB;
     bool ok = keel_image_reserve(decoded, height, width) &&
               (!alpha || grow((void **)&dec->cmyk, &dec->cmyk_cap, pixels * 4));
     if (!ok) {
