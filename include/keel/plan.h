@@ -116,6 +116,19 @@ typedef struct keel_node_time {
 int keel_plan_profile_count(const keel_plan *plan);
 keel_status keel_plan_profile_get(const keel_plan *plan, int index, keel_node_time *out);
 
+/* Per device of the plan, while profiling: time spent running its nodes
+ * and time spent copying between devices (0 where devices share memory, as
+ * logical CPU devices do). */
+typedef struct keel_device_time {
+    const char *device;    /* "cpu:1" */
+    double compute_seconds;
+    double copy_seconds;
+    int64_t arena_bytes;
+} keel_device_time;
+
+int keel_plan_device_count(const keel_plan *plan);
+keel_status keel_plan_device_time(const keel_plan *plan, int index, keel_device_time *out);
+
 #ifdef __cplusplus
 }
 #endif

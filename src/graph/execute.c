@@ -457,3 +457,20 @@ keel_status keel_plan_profile_get(const keel_plan *plan, int index, keel_node_ti
     out->runs = plan->node_runs ? plan->node_runs[index] : 0;
     return KEEL_OK;
 }
+
+int keel_plan_device_count(const keel_plan *plan)
+{
+    return plan ? plan->n_devices : 0;
+}
+
+keel_status keel_plan_device_time(const keel_plan *plan, int index, keel_device_time *out)
+{
+    if (!plan || index < 0 || index >= plan->n_devices)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "device index %d out of range", index);
+    const keel_plan_device *dev = &plan->devices[index];
+    out->device = dev->name;
+    out->compute_seconds = dev->busy_seconds;
+    out->copy_seconds = 0.0; /* devices of one plan share host memory: nothing is copied */
+    out->arena_bytes = dev->arena_bytes;
+    return KEEL_OK;
+}

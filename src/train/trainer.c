@@ -1,0 +1,708 @@
+/* The training loop: build, differentiate and compile a model, then per
+ * epoch feed shuffled batches through forward, backward and one fused
+ * optimiser step, evaluate on the test set, and checkpoint. */
+#include "train/train_internal.h"
+#include "train/trainer_internal.h"
+#include "keel/keel.h"
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct keel_trainer {
+    keel_context *ctx;
+    keel_trainer_opts opts;
+    char *model_name, *device, *save_path;
+
+    keel_graph *graph;
+    keel_model_io io;
+    keel_plan *plan;
+    keel_optimizer *optimizer;
+    keel_loader *train_loader, *test_loader;
+
+    int channels, height, width, classes;
+    float *mean, *std;             /* normalisation per channel (NULL when off) */
+    int64_t steps_per_epoch;
+    int64_t global_step;           /* optimiser steps so far */
+    int epochs_done;
+    float *logits;                 /* host, batch x classes, for evaluation */
+    int64_t logits_classes;
+
+    keel_epoch_stats *history;
+    int n_history, cap_history;
+};
+
+keel_trainer_opts keel_trainer_default_opts(void)
+{
+    keel_trainer_opts o = {0};
+    o.model = "lenet5";
+    o.batch = 64;
+    o.epochs = 10;
+    o.optimizer = keel_optimizer_defaults(KEEL_OPTIMIZER_SGD);
+    o.schedule.kind = KEEL_SCHEDULE_COSINE;
+    o.schedule.step_epochs = 3;
+    o.schedule.gamma = 0.1f;
+    o.seed = 1;
+    o.device = "cpu";
+    return o;
+}
+
+/* ---- creation -------------------------------------------------------------- */
+
+static keel_status check_schedule(const keel_schedule *s)
+{
+    if (s->kind != KEEL_SCHEDULE_CONSTANT && s->kind != KEEL_SCHEDULE_STEP && s->kind != KEEL_SCHEDULE_COSINE)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "unknown schedule kind %d", (int)s->kind);
+    if (s->kind == KEEL_SCHEDULE_STEP && (s->step_epochs < 1 || !(s->gamma > 0.0f) || s->gamma > 1.0f))
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "a step schedule needs step_epochs >= 1 and gamma in (0, 1], "
+                         "got %d and %g", s->step_epochs, (double)s->gamma);
+    if (s->kind == KEEL_SCHEDULE_COSINE && !(s->min_lr >= 0.0f))
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "a cosine schedule's final rate must be >= 0, got %g",
+                         (double)s->min_lr);
+    if (!(s->warmup_epochs >= 0.0f) || !isfinite(s->warmup_epochs))
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "warm-up epochs must be >= 0, got %g", (double)s->warmup_epochs);
+    return KEEL_OK;
+}
+
+static keel_status check_opts(const keel_trainer_opts *o)
+{
+    if (!o->train)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer needs a training set (opts.train)");
+    if (!o->model && !o->build)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer needs a model name or a build function");
+    if (o->batch < 1)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the batch size must be at least 1, got %lld", (long long)o->batch);
+    if (o->epochs < 1)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the number of epochs must be at least 1, got %d", o->epochs);
+    if (keel_dataset_size(o->train) < o->batch)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the training set has %lld images, fewer than one batch of %lld",
+                         (long long)keel_dataset_size(o->train), (long long)o->batch);
+    return check_schedule(&o->schedule);
+}
+
+static keel_status check_test_set(const keel_trainer *t, const keel_dataset *d)
+{
+    int channels, height, width;
+    keel_dataset_image_shape(d, &channels, &height, &width);
+    if (channels != t->channels || height != t->height || width != t->width)
+        return keel_fail(KEEL_ERR_SHAPE, "the test images are %dx%dx%d but the training images %dx%dx%d", channels,
+                         height, width, t->channels, t->height, t->width);
+    if (keel_dataset_classes(d) > t->classes)
+        return keel_fail(KEEL_ERR_SHAPE, "the test set has %d classes but the training set %d",
+                         keel_dataset_classes(d), t->classes);
+    return KEEL_OK;
+}
+
+static keel_status set_normalization(keel_trainer *t)
+{
+    if (t->opts.no_normalize)
+        return KEEL_OK;
+    t->mean = calloc((size_t)t->channels, sizeof *t->mean);
+    t->std = calloc((size_t)t->channels, sizeof *t->std);
+    if (!t->mean || !t->std)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
+    keel_status st = keel_dataset_channel_stats(t->opts.train, t->mean, t->std);
+    if (st == KEEL_OK)
+        st = keel_dataset_set_normalization(t->opts.train, t->mean, t->std);
+    if (st == KEEL_OK && t->opts.test)
+        st = keel_dataset_set_normalization(t->opts.test, t->mean, t->std);
+    return st;
+}
+
+static keel_status build_model(keel_trainer *t)
+{
+    keel_model_opts mo = t->opts.model_opts;
+    mo.batch = t->opts.batch;
+    mo.training = true;
+    if (!mo.classes)
+        mo.classes = t->classes;
+    if (!mo.in_channels)
+        mo.in_channels = t->channels;
+    if (!mo.height)
+        mo.height = t->height;
+    if (!mo.width)
+        mo.width = t->width;
+    t->graph = keel_graph_new();
+    if (!t->graph)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory creating the graph");
+    keel_status st = t->opts.build ? t->opts.build(t->graph, &mo, &t->io, t->opts.build_user)
+                                   : keel_model_build(t->graph, t->model_name, &mo, &t->io);
+    if (st != KEEL_OK)
+        return st;
+    if (keel_graph_status(t->graph) != KEEL_OK)
+        return keel_fail(keel_graph_status(t->graph), "%s", keel_graph_error(t->graph));
+    if (!t->io.images || !t->io.labels || !t->io.logits || !t->io.loss)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "model '%s' did not set its images, labels, logits and loss nodes",
+                         t->model_name);
+    int64_t batch = 0;
+    st = keel_check_eval_io(&t->io, t->opts.train, &batch);
+    if (st != KEEL_OK)
+        return keel_fail_prefix(st, "model '%s': ", t->model_name);
+    keel_graph_keep(t->graph, t->io.logits);
+    return keel_graph_backward(t->graph, t->io.loss);
+}
+
+static keel_status create_loaders(keel_trainer *t)
+{
+    keel_loader_opts train = {
+        .batch = t->opts.batch,
+        .shuffle = true,
+        .seed = t->opts.seed,
+        .drop_last = true,
+        .no_prefetch = t->opts.no_prefetch,
+    };
+    keel_status st = keel_loader_create(&t->train_loader, t->opts.train, &train);
+    if (st == KEEL_OK && t->opts.test) {
+        keel_loader_opts test = {.batch = t->opts.batch, .no_prefetch = t->opts.no_prefetch};
+        st = keel_loader_create(&t->test_loader, t->opts.test, &test);
+    }
+    if (st == KEEL_OK)
+        t->steps_per_epoch = keel_loader_batches(t->train_loader);
+    return st;
+}
+
+static keel_status create(keel_trainer *t)
+{
+    keel_dataset_image_shape(t->opts.train, &t->channels, &t->height, &t->width);
+    t->classes = keel_dataset_classes(t->opts.train);
+    keel_status st = t->opts.test ? check_test_set(t, t->opts.test) : KEEL_OK;
+    if (st == KEEL_OK)
+        st = set_normalization(t);
+    if (st == KEEL_OK)
+        st = build_model(t);
+    if (st == KEEL_OK) {
+        keel_plan_opts po = {.devices = t->device, .seed = t->opts.seed, .deterministic = t->opts.deterministic};
+        st = keel_plan_compile(&t->plan, t->graph, t->ctx, &po);
+    }
+    if (st == KEEL_OK)
+        st = keel_optimizer_create(&t->optimizer, t->plan, &t->opts.optimizer);
+    if (st == KEEL_OK)
+        st = create_loaders(t);
+    if (st == KEEL_OK) {
+        int64_t shape[KEEL_MAX_DIMS];
+        keel_node_shape(t->io.logits, shape);
+        t->logits_classes = shape[1];
+        t->logits = malloc((size_t)(shape[0] * shape[1]) * sizeof *t->logits);
+        if (!t->logits)
+            st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for the logits");
+    }
+    return st;
+}
+
+keel_status keel_trainer_create(keel_trainer **out, keel_context *ctx, const keel_trainer_opts *opts)
+{
+    if (!out || !ctx || !opts)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_create: out, ctx and opts are required");
+    *out = NULL;
+    keel_status st = check_opts(opts);
+    if (st != KEEL_OK)
+        return st;
+    keel_trainer *t = calloc(1, sizeof *t);
+    if (!t)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory creating the trainer");
+    t->ctx = ctx;
+    t->opts = *opts;
+    t->model_name = keel_strdup(opts->build ? (opts->model ? opts->model : "custom") : opts->model);
+    t->device = keel_strdup(opts->device ? opts->device : "cpu");
+    t->save_path = opts->save_path ? keel_strdup(opts->save_path) : NULL;
+    if (!t->model_name || !t->device || (opts->save_path && !t->save_path))
+        st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory creating the trainer");
+    t->opts.model = t->model_name;
+    t->opts.device = t->device;
+    t->opts.save_path = t->save_path;
+    if (st == KEEL_OK)
+        st = create(t);
+    if (st != KEEL_OK) {
+        keel_trainer_destroy(t);
+        return st;
+    }
+    *out = t;
+    return KEEL_OK;
+}
+
+void keel_trainer_destroy(keel_trainer *t)
+{
+    if (!t)
+        return;
+    keel_loader_destroy(t->train_loader);
+    keel_loader_destroy(t->test_loader);
+    keel_optimizer_destroy(t->optimizer);
+    keel_plan_destroy(t->plan);
+    keel_graph_free(t->graph);
+    free(t->logits);
+    free(t->mean);
+    free(t->std);
+    free(t->history);
+    free(t->model_name);
+    free(t->device);
+    free(t->save_path);
+    free(t);
+}
+
+/* ---- training ------------------------------------------------------------ */
+
+static int64_t total_steps(const keel_trainer *t)
+{
+    return (int64_t)t->opts.epochs * t->steps_per_epoch;
+}
+
+static float lr_at(const keel_trainer *t, int64_t step)
+{
+    return keel_schedule_lr(&t->opts.schedule, t->opts.optimizer.lr, step, t->steps_per_epoch, total_steps(t));
+}
+
+static void report(const keel_trainer *t, keel_progress *p)
+{
+    if (t->opts.progress)
+        t->opts.progress(p, t->opts.progress_user);
+}
+
+static keel_status train_step(keel_trainer *t, const float *images, const int32_t *labels, float lr, float *loss)
+{
+    keel_status st = keel_plan_set_input(t->plan, t->io.images, images);
+    if (st == KEEL_OK)
+        st = keel_plan_set_input(t->plan, t->io.labels, labels);
+    if (st == KEEL_OK)
+        st = keel_plan_forward(t->plan, true);
+    if (st == KEEL_OK)
+        st = keel_plan_backward(t->plan);
+    if (st == KEEL_OK)
+        st = keel_optimizer_step(t->optimizer, lr);
+    if (st == KEEL_OK)
+        st = keel_plan_read(t->plan, t->io.loss, loss);
+    return st;
+}
+
+static keel_status add_history(keel_trainer *t, const keel_epoch_stats *s)
+{
+    if (t->n_history == t->cap_history) {
+        int cap = t->cap_history ? 2 * t->cap_history : 16;
+        keel_epoch_stats *grown = realloc(t->history, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory recording the epoch");
+        t->history = grown;
+        t->cap_history = cap;
+    }
+    t->history[t->n_history++] = *s;
+    return KEEL_OK;
+}
+
+static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
+{
+    keel_progress p = {
+        .event = KEEL_PROGRESS_EPOCH_BEGIN,
+        .epoch = t->epochs_done + 1,
+        .epochs = t->opts.epochs,
+        .steps = t->steps_per_epoch,
+        .global_step = t->global_step,
+        .lr = lr_at(t, t->global_step),
+    };
+    keel_status st = keel_loader_start_epoch(t->train_loader, t->epochs_done);
+    if (st != KEEL_OK)
+        return st;
+    report(t, &p);
+    double start = keel_train_now(), loss_sum = 0.0;
+    p.event = KEEL_PROGRESS_STEP;
+    for (;;) {
+        const float *images;
+        const int32_t *labels;
+        int64_t count = 0;
+        st = keel_loader_next(t->train_loader, &images, &labels, &count);
+        if (st != KEEL_OK || count == 0)
+            break;
+        p.lr = lr_at(t, t->global_step);
+        st = train_step(t, images, labels, p.lr, &p.loss);
+        if (st != KEEL_OK)
+            return st;
+        if (!isfinite(p.loss))
+            return keel_fail(KEEL_ERR_STATE, "the loss became %g at epoch %d step %lld (learning rate %g); try a "
+                             "lower --lr", (double)p.loss, p.epoch, (long long)p.step + 1, (double)p.lr);
+        t->global_step++;
+        p.step++;
+        p.global_step = t->global_step;
+        loss_sum += p.loss;
+        p.mean_loss = loss_sum / (double)p.step;
+        p.elapsed_seconds = keel_train_now() - start;
+        p.images_per_second = p.elapsed_seconds > 0 ? (double)(p.step * t->opts.batch) / p.elapsed_seconds : 0.0;
+        p.eta_seconds = p.elapsed_seconds / (double)p.step * (double)(p.steps - p.step);
+        report(t, &p);
+    }
+    if (st != KEEL_OK)
+        return st;
+    memset(stats, 0, sizeof *stats);
+    stats->epoch = p.epoch;
+    stats->train_loss = p.mean_loss;
+    stats->seconds = keel_train_now() - start;
+    stats->images_per_second = stats->seconds > 0 ? (double)(p.step * t->opts.batch) / stats->seconds : 0.0;
+    stats->lr = p.lr;
+    return KEEL_OK;
+}
+
+keel_status keel_trainer_epoch(keel_trainer *t, keel_epoch_stats *out)
+{
+    if (!t)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_epoch: trainer is NULL");
+    keel_epoch_stats stats;
+    keel_status st = train_epoch(t, &stats);
+    if (st != KEEL_OK)
+        return st;
+    keel_progress p = {
+        .epoch = stats.epoch,
+        .epochs = t->opts.epochs,
+        .step = t->steps_per_epoch,
+        .steps = t->steps_per_epoch,
+        .global_step = t->global_step,
+        .mean_loss = stats.train_loss,
+        .lr = stats.lr,
+        .images_per_second = stats.images_per_second,
+        .elapsed_seconds = stats.seconds,
+    };
+    if (t->test_loader) {
+        p.event = KEEL_PROGRESS_EVAL_BEGIN;
+        report(t, &p);
+        double start = keel_train_now();
+        st = keel_eval_loop(t->plan, &t->io, t->test_loader, t->logits, &stats.eval);
+        if (st != KEEL_OK)
+            return keel_fail_prefix(st, "evaluating after epoch %d: ", stats.epoch);
+        stats.evaluated = true;
+        stats.eval_seconds = keel_train_now() - start;
+    }
+    t->epochs_done++;
+    st = add_history(t, &stats);
+    if (st == KEEL_OK && t->save_path)
+        st = keel_trainer_save(t, t->save_path);
+    if (st != KEEL_OK)
+        return st;
+    p.event = KEEL_PROGRESS_EPOCH_END;
+    p.stats = &stats;
+    report(t, &p);
+    if (out)
+        *out = stats;
+    return KEEL_OK;
+}
+
+keel_status keel_trainer_run(keel_trainer *t)
+{
+    if (!t)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_run: trainer is NULL");
+    while (t->epochs_done < t->opts.epochs) {
+        keel_status st = keel_trainer_epoch(t, NULL);
+        if (st != KEEL_OK)
+            return st;
+    }
+    return KEEL_OK;
+}
+
+keel_status keel_trainer_evaluate(keel_trainer *t, keel_dataset *d, keel_eval_result *out)
+{
+    if (!t || !out)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_evaluate: trainer and out are required");
+    if (!d) {
+        if (!t->test_loader)
+            return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer has no test set; pass a dataset to evaluate");
+        return keel_eval_loop(t->plan, &t->io, t->test_loader, t->logits, out);
+    }
+    keel_status st = check_test_set(t, d);
+    if (st == KEEL_OK && t->mean)
+        st = keel_dataset_set_normalization(d, t->mean, t->std);
+    if (st == KEEL_OK)
+        st = keel_evaluate(t->plan, &t->io, d, out);
+    return st;
+}
+
+/* ---- checkpoints ------------------------------------------------------------ */
+
+static keel_status set_floats(keel_st_writer *w, const char *key, const float *v, int n)
+{
+    char buf[1024];
+    size_t used = 0;
+    for (int i = 0; i < n && used < sizeof buf; i++) {
+        char number[32];
+        used += (size_t)snprintf(buf + used, sizeof buf - used, "%s%s", i ? "," : "",
+                                 keel_float_str(v[i], number, sizeof number));
+    }
+    return keel_st_writer_set_metadata(w, key, buf);
+}
+
+/* "epoch,train_loss,seconds,images/s,lr,evaluated,samples,loss,top1,top5;..." */
+static char *format_history(const keel_trainer *t)
+{
+    size_t size = (size_t)t->n_history * 256 + 1;
+    char *buf = malloc(size);
+    if (!buf)
+        return NULL;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < t->n_history; i++) {
+        const keel_epoch_stats *s = &t->history[i];
+        used += (size_t)snprintf(buf + used, size - used, "%s%d,%.9g,%.6g,%.6g,%.9g,%d,%lld,%.9g,%.9g,%.9g,%.6g",
+                                 i ? ";" : "", s->epoch, s->train_loss, s->seconds, s->images_per_second,
+                                 (double)s->lr, s->evaluated, (long long)s->eval.samples, s->eval.loss, s->eval.top1,
+                                 s->eval.top5, s->eval_seconds);
+    }
+    return buf;
+}
+
+static keel_status parse_history(keel_trainer *t, const char *text, const char *path)
+{
+    t->n_history = 0;
+    const char *c = text;
+    while (c && *c) {
+        keel_epoch_stats s = {0};
+        int evaluated = 0, used = 0;
+        long long samples = 0;
+        double lr = 0;
+        int n = sscanf(c, "%d,%lf,%lf,%lf,%lf,%d,%lld,%lf,%lf,%lf,%lf%n", &s.epoch, &s.train_loss, &s.seconds,
+                       &s.images_per_second, &lr, &evaluated, &samples, &s.eval.loss, &s.eval.top1, &s.eval.top5,
+                       &s.eval_seconds, &used);
+        if (n != 11 || (c[used] != ';' && c[used] != '\0'))
+            return keel_fail(KEEL_ERR_FORMAT, "%s: the history metadata is malformed near '%.40s'", path, c);
+        s.lr = (float)lr;
+        s.evaluated = evaluated != 0;
+        s.eval.samples = samples;
+        s.eval.has_top5 = t->logits_classes > 10;
+        keel_status st = add_history(t, &s);
+        if (st != KEEL_OK)
+            return st;
+        c += used;
+        if (*c == ';')
+            c++;
+    }
+    return KEEL_OK;
+}
+
+static keel_status write_metadata(keel_trainer *t, keel_st_writer *w)
+{
+    char schedule[512];
+    keel_schedule_describe(&t->opts.schedule, t->opts.optimizer.lr, t->steps_per_epoch, total_steps(t), schedule,
+                           sizeof schedule);
+    keel_status st = keel_st_writer_set_metadata(w, "format", "pt");
+    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "keel.version", keel_version());
+    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "keel.kind", "checkpoint");
+    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "model", t->model_name);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "epoch", "%d", t->epochs_done);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "epochs", "%d", t->opts.epochs);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "global_step", "%lld", (long long)t->global_step);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "batch", "%lld", (long long)t->opts.batch);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "seed", "%llu", (unsigned long long)t->opts.seed);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "rng.plan_step", "%llu", (unsigned long long)t->plan->step);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "loader.seed", "%llu", (unsigned long long)t->opts.seed);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "loader.epoch", "%d", t->epochs_done);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "threads", "%d", keel_context_threads(t->ctx));
+    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "device", t->device);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "schedule", schedule);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "input", "%dx%dx%d", t->channels, t->height, t->width);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "classes", "%lld", (long long)t->logits_classes);
+    if (st == KEEL_OK && t->mean) st = set_floats(w, "normalize.mean", t->mean, t->channels);
+    if (st == KEEL_OK && t->std) st = set_floats(w, "normalize.std", t->std, t->channels);
+    if (st == KEEL_OK) {
+        char *history = format_history(t);
+        st = history ? keel_st_writer_set_metadata(w, "history", history)
+                     : keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory saving the history");
+        free(history);
+    }
+    return st;
+}
+
+keel_status keel_trainer_save(keel_trainer *t, const char *path)
+{
+    if (!t || !path)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_save: trainer and path are required");
+    keel_st_writer *w = NULL;
+    float *params = NULL, *state = NULL;
+    keel_status st = keel_st_writer_new(&w);
+    if (st == KEEL_OK)
+        st = keel_weights_export(t->plan, w, &params);
+    if (st == KEEL_OK)
+        st = keel_optimizer_export(t->optimizer, w, &state);
+    if (st == KEEL_OK)
+        st = write_metadata(t, w);
+    if (st == KEEL_OK)
+        st = keel_st_writer_write(w, path);
+    keel_st_writer_free(w);
+    free(params);
+    free(state);
+    return st == KEEL_OK ? st : keel_fail_prefix(st, "saving checkpoint %s: ", path);
+}
+
+static keel_status read_count(const keel_st_file *f, const char *key, int64_t most, int64_t *value)
+{
+    keel_status st = keel_st_file_metadata_i64(f, key, value);
+    if (st != KEEL_OK)
+        return keel_fail_prefix(st, "%s: ", keel_st_file_path(f));
+    if (*value < 0 || *value > most)
+        return keel_fail(KEEL_ERR_FORMAT, "%s: metadata '%s' is %lld, outside [0, %lld]", keel_st_file_path(f), key,
+                         (long long)*value, (long long)most);
+    return KEEL_OK;
+}
+
+/* Settings that must match for a bit-identical continuation. */
+static void warn_differences(keel_trainer *t, const keel_st_file *f)
+{
+    int64_t v = 0;
+    if (keel_st_file_metadata_i64(f, "batch", &v) == KEEL_OK && v != t->opts.batch)
+        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with batch %lld; continuing with %lld",
+                         keel_st_file_path(f), (long long)v, (long long)t->opts.batch);
+    if (keel_st_file_metadata_i64(f, "threads", &v) == KEEL_OK && v != keel_context_threads(t->ctx))
+        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with %lld threads, this run uses %d: results will "
+                         "not be bit-identical to an uninterrupted run", keel_st_file_path(f), (long long)v,
+                         keel_context_threads(t->ctx));
+    uint64_t seed = 0;
+    if (keel_st_file_metadata_u64(f, "seed", &seed) == KEEL_OK && seed != t->opts.seed)
+        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with seed %llu, this run uses %llu (shuffling "
+                         "and dropout differ from an uninterrupted run)", keel_st_file_path(f),
+                         (unsigned long long)seed, (unsigned long long)t->opts.seed);
+    const char *lr = keel_st_file_metadata(f, "optimizer.lr");
+    if (lr && strtof(lr, NULL) != t->opts.optimizer.lr)
+        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with learning rate %s; continuing with %g",
+                         keel_st_file_path(f), lr, (double)t->opts.optimizer.lr);
+}
+
+static keel_status resume(keel_trainer *t, const keel_st_file *f)
+{
+    const char *path = keel_st_file_path(f);
+    const char *kind = keel_st_file_metadata(f, "keel.kind");
+    if (!kind || strcmp(kind, "checkpoint") != 0 || !keel_st_file_metadata(f, "optimizer"))
+        return keel_fail(KEEL_ERR_FORMAT, "%s is not a Keel training checkpoint (no optimizer state or epoch); "
+                         "a weights file can be evaluated with `keel eval --weights`", path);
+    const char *kind_saved = keel_st_file_metadata(f, "optimizer");
+    if (strcmp(kind_saved, keel_optimizer_name(t->opts.optimizer.kind)) != 0)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "%s holds %s state; this run uses %s (pass --optimizer %s to "
+                         "continue it)", path, kind_saved, keel_optimizer_name(t->opts.optimizer.kind), kind_saved);
+    int64_t epoch = 0, step = 0, plan_step = 0;
+    keel_status st = read_count(f, "epoch", 1 << 30, &epoch);
+    if (st == KEEL_OK)
+        st = read_count(f, "global_step", INT64_MAX / 2, &step);
+    if (st == KEEL_OK)
+        st = read_count(f, "rng.plan_step", INT64_MAX / 2, &plan_step);
+    if (st != KEEL_OK)
+        return st;
+    st = keel_weights_import(t->plan, f, true);
+    if (st != KEEL_OK) {
+        const char *model = keel_st_file_metadata(f, "model");
+        if (model && strcmp(model, t->model_name) != 0)
+            return keel_fail_prefix(st, "the checkpoint was saved by model '%s', not '%s': ", model, t->model_name);
+        return st;
+    }
+    st = keel_optimizer_import(t->optimizer, f);
+    if (st != KEEL_OK)
+        return st;
+    const char *history = keel_st_file_metadata(f, "history");
+    st = parse_history(t, history ? history : "", path);
+    if (st != KEEL_OK)
+        return st;
+    warn_differences(t, f);
+    t->epochs_done = (int)epoch;
+    t->global_step = step;
+    t->plan->step = (uint64_t)plan_step;
+    return KEEL_OK;
+}
+
+keel_status keel_trainer_resume(keel_trainer *t, const char *path)
+{
+    if (!t || !path)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_resume: trainer and path are required");
+    keel_st_file *f = NULL;
+    keel_status st = keel_st_file_load(&f, path);
+    if (st == KEEL_OK)
+        st = resume(t, f);
+    keel_st_file_free(f);
+    return st == KEEL_OK ? st : keel_fail_prefix(st, "resuming: ");
+}
+
+/* ---- inspection ------------------------------------------------------------ */
+
+int keel_trainer_epochs_done(const keel_trainer *t) { return t ? t->epochs_done : 0; }
+int keel_trainer_history_count(const keel_trainer *t) { return t ? t->n_history : 0; }
+
+keel_status keel_trainer_history(const keel_trainer *t, int index, keel_epoch_stats *stats)
+{
+    if (!t || !stats || index < 0 || index >= t->n_history)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "history index %d out of range (%d epochs recorded)", index,
+                         t ? t->n_history : 0);
+    *stats = t->history[index];
+    return KEEL_OK;
+}
+
+keel_plan *keel_trainer_plan(keel_trainer *t) { return t ? t->plan : NULL; }
+keel_graph *keel_trainer_graph(keel_trainer *t) { return t ? t->graph : NULL; }
+const keel_model_io *keel_trainer_model_io(const keel_trainer *t) { return t ? &t->io : NULL; }
+keel_optimizer *keel_trainer_optimizer(keel_trainer *t) { return t ? t->optimizer : NULL; }
+int64_t keel_trainer_steps_per_epoch(const keel_trainer *t) { return t ? t->steps_per_epoch : 0; }
+
+static size_t append(char *buf, size_t size, size_t used, const char *fmt, ...) KEEL_PRINTF(4, 5);
+static size_t append(char *buf, size_t size, size_t used, const char *fmt, ...)
+{
+    if (used >= size)
+        return used;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + used, size - used, fmt, ap);
+    va_end(ap);
+    return n > 0 ? used + (size_t)n : used;
+}
+
+/* 61706 -> "61,706" */
+static const char *grouped(int64_t n, char *buf, size_t size)
+{
+    char digits[32];
+    snprintf(digits, sizeof digits, "%lld", (long long)n);
+    size_t len = strlen(digits), used = 0;
+    for (size_t i = 0; i < len && used + 1 < size; i++) {
+        buf[used++] = digits[i];
+        size_t left = len - i - 1;
+        if (left && left % 3 == 0 && digits[i] != '-' && used + 1 < size)
+            buf[used++] = ',';
+    }
+    buf[used] = '\0';
+    return buf;
+}
+
+const char *keel_trainer_describe(const keel_trainer *t, char *buf, size_t size)
+{
+    if (!buf || size == 0)
+        return buf;
+    buf[0] = '\0';
+    if (!t)
+        return buf;
+    const keel_trainer_opts *o = &t->opts;
+    const keel_optimizer_opts *opt = &o->optimizer;
+    int64_t train_n = keel_dataset_size(o->train);
+    int64_t dropped = train_n - t->steps_per_epoch * o->batch;
+    size_t used = 0;
+    char a[32], b[32];
+    used = append(buf, size, used, "model      %s: %s parameters, input %dx%dx%d, %lld classes\n", t->model_name,
+                  grouped(keel_graph_param_count(t->graph), a, sizeof a), t->channels, t->height, t->width,
+                  (long long)t->logits_classes);
+    used = append(buf, size, used, "data       %s training images: %lld batches of %lld", grouped(train_n, b, sizeof b),
+                  (long long)t->steps_per_epoch, (long long)o->batch);
+    if (dropped > 0)
+        used = append(buf, size, used, " (the last %lld of each shuffled epoch left out)", (long long)dropped);
+    if (o->test)
+        used = append(buf, size, used, "; %s test images", grouped(keel_dataset_size(o->test), a, sizeof a));
+    if (t->mean) {
+        used = append(buf, size, used, "\n           normalised with mean");
+        for (int c = 0; c < t->channels; c++)
+            used = append(buf, size, used, " %.4f", (double)t->mean[c]);
+        used = append(buf, size, used, ", std");
+        for (int c = 0; c < t->channels; c++)
+            used = append(buf, size, used, " %.4f", (double)t->std[c]);
+    }
+    used = append(buf, size, used, "\noptimizer  %s: lr %g", keel_optimizer_name(opt->kind), (double)opt->lr);
+    if (opt->kind == KEEL_OPTIMIZER_SGD)
+        used = append(buf, size, used, ", momentum %g%s", (double)opt->momentum, opt->nesterov ? " (Nesterov)" : "");
+    else
+        used = append(buf, size, used, ", betas (%g, %g), eps %g", (double)opt->beta1, (double)opt->beta2,
+                      (double)opt->eps);
+    used = append(buf, size, used, ", weight decay %g\n", (double)opt->weight_decay);
+    char schedule[512];
+    keel_schedule_describe(&o->schedule, opt->lr, t->steps_per_epoch, total_steps(t), schedule, sizeof schedule);
+    used = append(buf, size, used, "schedule   %s\n", schedule);
+    keel_memory_report mem = {0};
+    keel_plan_memory(t->plan, &mem);
+    used = append(buf, size, used, "device     %s, %d thread%s, seed %llu, %.1f MiB activations + %.1f MiB parameters",
+                  t->device, keel_context_threads(t->ctx), keel_context_threads(t->ctx) == 1 ? "" : "s", (unsigned long long)o->seed,
+                  (double)mem.arena_bytes / 1048576.0, (double)(mem.param_bytes + mem.grad_bytes) / 1048576.0);
+    return buf;
+}

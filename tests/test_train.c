@@ -1,0 +1,689 @@
+/* Training: optimiser updates against a float64 transcription of
+ * torch.optim's algorithms, schedule values, a real Fashion-MNIST subset
+ * that must learn, bit-identical resumption, evaluation padding, and the
+ * errors of bad checkpoints. */
+#include "support/support.h"
+#include "graph/plan_internal.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static char tmp_dir[256];
+
+static int make_tmp_dir(void **state)
+{
+    (void)state;
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/keel_test_train_XXXXXX");
+    return mkdtemp(tmp_dir) ? 0 : -1;
+}
+
+static int remove_tmp_dir(void **state)
+{
+    (void)state;
+    char cmd[320];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static const char *tmp_path(const char *name, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s/%s", tmp_dir, name);
+    return buf;
+}
+
+/* A learnable synthetic dataset: each class brightens its own horizontal
+ * band of a noisy 28x28 image. */
+static keel_dataset *synthetic_dataset(int64_t count, uint64_t seed)
+{
+    uint8_t *pixels = malloc((size_t)count * 28 * 28);
+    int32_t *labels = malloc((size_t)count * sizeof *labels);
+    float *noise = malloc((size_t)count * 28 * 28 * sizeof *noise);
+    assert_non_null(pixels);
+    assert_non_null(labels);
+    assert_non_null(noise);
+    ks_fill_uniform(noise, count * 28 * 28, seed, 0.0f, 1.0f);
+    for (int64_t i = 0; i < count; i++) {
+        labels[i] = (int32_t)((i * 7 + (int64_t)seed) % 10);
+        for (int y = 0; y < 28; y++)
+            for (int x = 0; x < 28; x++) {
+                int64_t k = (i * 28 + y) * 28 + x;
+                float v = 100.0f * noise[k] + (y / 3 == labels[i] ? 120.0f : 0.0f);
+                pixels[k] = (uint8_t)(v > 255.0f ? 255.0f : v);
+            }
+    }
+    keel_dataset *d = NULL;
+    KS_OK(keel_dataset_from_u8(&d, count, 1, 28, 28, 10, pixels, labels));
+    free(pixels);
+    free(labels);
+    free(noise);
+    return d;
+}
+
+/* Fashion-MNIST from KEEL_DATA_DIR (or the Debian location); NULL when absent. */
+static keel_dataset *fashion_mnist(bool train)
+{
+    const char *dir = getenv("KEEL_DATA_DIR");
+    keel_dataset *d = NULL;
+    if (keel_dataset_load_mnist_dir(&d, dir && *dir ? dir : KEEL_FASHION_MNIST_DIR, train) != KEEL_OK)
+        return NULL;
+    return d;
+}
+
+static float *read_all_params(keel_plan *plan, int64_t *total)
+{
+    int n = keel_plan_param_count(plan);
+    int64_t sum = 0;
+    for (int i = 0; i < n; i++) {
+        keel_param_info info;
+        KS_OK(keel_plan_param_info(plan, i, &info));
+        int64_t numel = 1;
+        for (int d = 0; d < info.ndim; d++)
+            numel *= info.shape[d];
+        sum += numel;
+    }
+    float *all = malloc((size_t)sum * sizeof *all), *at = all;
+    assert_non_null(all);
+    for (int i = 0; i < n; i++) {
+        keel_param_info info;
+        KS_OK(keel_plan_param_info(plan, i, &info));
+        int64_t numel = 1;
+        for (int d = 0; d < info.ndim; d++)
+            numel *= info.shape[d];
+        KS_OK(keel_plan_param_get(plan, info.name, at, numel));
+        at += numel;
+    }
+    *total = sum;
+    return all;
+}
+
+/* ---- optimiser math against float64 references --------------------------
+ * The references transcribe the pseudo-code of torch.optim.SGD and
+ * torch.optim.Adam (PyTorch 2.x documentation) with dampening 0. */
+
+typedef struct ref_state {
+    double *w, *b, *m, *v;  /* b: SGD momentum buffer; m, v: Adam moments */
+    int64_t t;
+} ref_state;
+
+static void ref_sgd(ref_state *s, const double *g, int64_t n, double lr, double momentum, double wd, bool nesterov)
+{
+    s->t++;
+    for (int64_t i = 0; i < n; i++) {
+        double gi = g[i] + wd * s->w[i];
+        if (momentum != 0.0) {
+            s->b[i] = s->t > 1 ? momentum * s->b[i] + gi : gi;
+            gi = nesterov ? gi + momentum * s->b[i] : s->b[i];
+        }
+        s->w[i] -= lr * gi;
+    }
+}
+
+static void ref_adam(ref_state *s, const double *g, int64_t n, double lr, double beta1, double beta2, double eps,
+                     double wd)
+{
+    s->t++;
+    for (int64_t i = 0; i < n; i++) {
+        double gi = g[i] + wd * s->w[i];
+        s->m[i] = beta1 * s->m[i] + (1.0 - beta1) * gi;
+        s->v[i] = beta2 * s->v[i] + (1.0 - beta2) * gi * gi;
+        double mhat = s->m[i] / (1.0 - pow(beta1, (double)s->t));
+        double vhat = s->v[i] / (1.0 - pow(beta2, (double)s->t));
+        s->w[i] -= lr * mhat / (sqrt(vhat) + eps);
+    }
+}
+
+/* A plan with two trainable parameters (a linear layer's weight and bias)
+ * whose gradient block the test writes directly. */
+typedef struct opt_fixture {
+    keel_context *ctx;
+    keel_graph *g;
+    keel_plan *plan;
+} opt_fixture;
+
+static void opt_fixture_make(opt_fixture *f)
+{
+    f->ctx = ks_context();
+    f->g = keel_graph_new();
+    const int64_t xs[2] = {4, 7};
+    keel_node *x = keel_input(f->g, "x", 2, xs);
+    keel_node *labels = keel_input_labels(f->g, "labels", 4);
+    keel_node *y = keel_linear(f->g, "fc", x, 5, NULL);
+    keel_node *loss = keel_softmax_cross_entropy(f->g, "loss", y, labels);
+    ks_graph_ok(f->g);
+    KS_OK(keel_graph_backward(f->g, loss));
+    f->plan = ks_compile(f->g, f->ctx, 3);
+}
+
+static void opt_fixture_free(opt_fixture *f)
+{
+    keel_plan_destroy(f->plan);
+    keel_graph_free(f->g);
+    keel_context_destroy(f->ctx);
+}
+
+/* Runs `steps` updates with fresh random gradients and a changing learning
+ * rate, comparing every parameter with the reference after each. */
+static void check_optimizer(const char *what, const keel_optimizer_opts *o)
+{
+    opt_fixture f;
+    opt_fixture_make(&f);
+    keel_plan *plan = f.plan;
+    int64_t n = plan->param_floats;
+    float *w = malloc((size_t)n * sizeof *w), *g = malloc((size_t)n * sizeof *g);
+    double *gd = malloc((size_t)n * sizeof *gd);
+    ref_state s = {calloc((size_t)n, sizeof(double)), calloc((size_t)n, sizeof(double)),
+                   calloc((size_t)n, sizeof(double)), calloc((size_t)n, sizeof(double)), 0};
+    keel_optimizer *opt = NULL;
+    KS_OK(keel_optimizer_create(&opt, plan, o));
+    ks_fill_uniform(w, n, 11, -1.0f, 1.0f);
+    memcpy(plan->param_block, w, (size_t)n * sizeof *w);
+    ks_to_double(w, s.w, n);
+    for (int step = 0; step < 5; step++) {
+        ks_fill_uniform(g, n, 100 + (uint64_t)step, -2.0f, 2.0f);
+        memcpy(plan->grad_block, g, (size_t)n * sizeof *g);
+        ks_to_double(g, gd, n);
+        float lr = o->lr * (1.0f - 0.15f * (float)step);
+        KS_OK(keel_optimizer_step(opt, lr));
+        if (o->kind == KEEL_OPTIMIZER_SGD)
+            ref_sgd(&s, gd, n, lr, o->momentum, o->weight_decay, o->nesterov);
+        else
+            ref_adam(&s, gd, n, lr, o->beta1, o->beta2, o->eps, o->weight_decay);
+        char label[128];
+        snprintf(label, sizeof label, "%s step %d", what, step + 1);
+        ks_check(label, plan->param_block, s.w, n, 1.0, 2e-6);
+    }
+    assert_int_equal(keel_optimizer_steps(opt), 5);
+    keel_optimizer_destroy(opt);
+    free(w);
+    free(g);
+    free(gd);
+    free(s.w);
+    free(s.b);
+    free(s.m);
+    free(s.v);
+    opt_fixture_free(&f);
+}
+
+static void test_sgd_plain(void **state)
+{
+    (void)state;
+    keel_optimizer_opts o = {.kind = KEEL_OPTIMIZER_SGD, .lr = 0.1f};
+    check_optimizer("sgd (Algorithm 4-1: w -= lr * mean gradient)", &o);
+}
+
+static void test_sgd_momentum_weight_decay(void **state)
+{
+    (void)state;
+    keel_optimizer_opts o = {.kind = KEEL_OPTIMIZER_SGD, .lr = 0.05f, .momentum = 0.9f, .weight_decay = 1e-2f};
+    check_optimizer("sgd[momentum=0.9, wd=0.01]", &o);
+}
+
+static void test_sgd_nesterov(void **state)
+{
+    (void)state;
+    keel_optimizer_opts o = {.kind = KEEL_OPTIMIZER_SGD, .lr = 0.05f, .momentum = 0.8f, .nesterov = true,
+                             .weight_decay = 5e-3f};
+    check_optimizer("sgd[nesterov, momentum=0.8, wd=0.005]", &o);
+}
+
+static void test_adam(void **state)
+{
+    (void)state;
+    keel_optimizer_opts o = keel_optimizer_defaults(KEEL_OPTIMIZER_ADAM);
+    o.lr = 0.01f;
+    check_optimizer("adam[lr=0.01]", &o);
+    o.weight_decay = 0.05f;
+    o.beta1 = 0.8f;
+    o.beta2 = 0.99f;
+    check_optimizer("adam[wd=0.05, betas=(0.8, 0.99)]", &o);
+}
+
+static void test_optimizer_bad_opts(void **state)
+{
+    (void)state;
+    opt_fixture f;
+    opt_fixture_make(&f);
+    keel_optimizer *opt = NULL;
+    keel_optimizer_opts o = {.kind = KEEL_OPTIMIZER_SGD, .lr = 0.1f, .momentum = 1.5f};
+    assert_int_equal(keel_optimizer_create(&opt, f.plan, &o), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "momentum"));
+    o.momentum = 0;
+    o.lr = -1;
+    assert_int_equal(keel_optimizer_create(&opt, f.plan, &o), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "learning rate"));
+    o.lr = 0.1f;
+    o.nesterov = true;
+    assert_int_equal(keel_optimizer_create(&opt, f.plan, &o), KEEL_ERR_INVALID_ARGUMENT);
+    keel_optimizer_kind kind;
+    assert_int_equal(keel_optimizer_parse("rmsprop", &kind), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "rmsprop"));
+    opt_fixture_free(&f);
+}
+
+/* ---- schedules ---------------------------------------------------------------- */
+
+static void assert_close(double got, double want)
+{
+    if (fabs(got - want) > 1e-6 * fmax(1.0, fabs(want)))
+        fail_msg("got %.9g, want %.9g", got, want);
+}
+
+static void test_schedules(void **state)
+{
+    (void)state;
+    const int64_t per_epoch = 100, total = 1000;
+    keel_schedule constant = {.kind = KEEL_SCHEDULE_CONSTANT};
+    assert_close(keel_schedule_lr(&constant, 0.1f, 0, per_epoch, total), 0.1);
+    assert_close(keel_schedule_lr(&constant, 0.1f, 999, per_epoch, total), 0.1);
+
+    keel_schedule step = {.kind = KEEL_SCHEDULE_STEP, .step_epochs = 3, .gamma = 0.5f};
+    assert_close(keel_schedule_lr(&step, 0.1f, 299, per_epoch, total), 0.1);
+    assert_close(keel_schedule_lr(&step, 0.1f, 300, per_epoch, total), 0.05);
+    assert_close(keel_schedule_lr(&step, 0.1f, 650, per_epoch, total), 0.025);
+
+    keel_schedule cosine = {.kind = KEEL_SCHEDULE_COSINE, .min_lr = 0.001f};
+    assert_close(keel_schedule_lr(&cosine, 0.1f, 0, per_epoch, total), 0.1);
+    assert_close(keel_schedule_lr(&cosine, 0.1f, 500, per_epoch, total), 0.001 + 0.099 * 0.5);
+    assert_close(keel_schedule_lr(&cosine, 0.1f, 250, per_epoch, total),
+                 0.001 + 0.099 * (1.0 + cos(M_PI * 0.25)) / 2.0);
+    assert_close(keel_schedule_lr(&cosine, 0.1f, 1000, per_epoch, total), 0.001);
+
+    /* Warm-up over 2 epochs (200 steps), then cosine over the other 800. */
+    keel_schedule warm = {.kind = KEEL_SCHEDULE_COSINE, .warmup_epochs = 2.0f};
+    assert_close(keel_schedule_lr(&warm, 0.1f, 0, per_epoch, total), 0.1 / 200.0);
+    assert_close(keel_schedule_lr(&warm, 0.1f, 99, per_epoch, total), 0.1 * 100.0 / 200.0);
+    assert_close(keel_schedule_lr(&warm, 0.1f, 199, per_epoch, total), 0.1);
+    assert_close(keel_schedule_lr(&warm, 0.1f, 200, per_epoch, total), 0.1);
+    assert_close(keel_schedule_lr(&warm, 0.1f, 600, per_epoch, total), 0.05);
+    keel_schedule warm_step = {.kind = KEEL_SCHEDULE_STEP, .step_epochs = 1, .gamma = 0.1f, .warmup_epochs = 0.5f};
+    assert_close(keel_schedule_lr(&warm_step, 1.0f, 24, per_epoch, total), 0.5);
+    assert_close(keel_schedule_lr(&warm_step, 1.0f, 150, per_epoch, total), 0.1);
+
+    keel_schedule parsed = {.warmup_epochs = 1.0f};
+    KS_OK(keel_schedule_parse("step:2:0.5", &parsed));
+    assert_int_equal(parsed.kind, KEEL_SCHEDULE_STEP);
+    assert_int_equal(parsed.step_epochs, 2);
+    assert_close(parsed.gamma, 0.5);
+    assert_close(parsed.warmup_epochs, 1.0);
+    KS_OK(keel_schedule_parse("cosine:0.01", &parsed));
+    assert_int_equal(parsed.kind, KEEL_SCHEDULE_COSINE);
+    assert_close(parsed.min_lr, 0.01);
+    KS_OK(keel_schedule_parse("constant", &parsed));
+    assert_int_equal(parsed.kind, KEEL_SCHEDULE_CONSTANT);
+    assert_int_equal(keel_schedule_parse("step:0", &parsed), KEEL_ERR_INVALID_ARGUMENT);
+    assert_int_equal(keel_schedule_parse("step:2:1.5", &parsed), KEEL_ERR_INVALID_ARGUMENT);
+    assert_int_equal(keel_schedule_parse("exponential", &parsed), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "exponential"));
+
+    char text[256];
+    keel_schedule_describe(&warm, 0.1f, per_epoch, total, text, sizeof text);
+    assert_non_null(strstr(text, "cosine"));
+    assert_non_null(strstr(text, "warm-up"));
+}
+
+/* ---- the training loop ------------------------------------------------------ */
+
+static keel_trainer *make_trainer(keel_context *ctx, const char *model, keel_dataset *train, keel_dataset *test,
+                                  const keel_optimizer_opts *opt, int epochs, int64_t batch)
+{
+    keel_trainer_opts o = keel_trainer_default_opts();
+    o.model = model;
+    o.train = train;
+    o.test = test;
+    o.batch = batch;
+    o.epochs = epochs;
+    if (opt)
+        o.optimizer = *opt;
+    o.seed = 7;
+    keel_trainer *t = NULL;
+    KS_OK(keel_trainer_create(&t, ctx, &o));
+    return t;
+}
+
+static void test_learns_fashion_mnist_subset(void **state)
+{
+    (void)state;
+    keel_dataset *train = fashion_mnist(true), *test = fashion_mnist(false);
+    if (!train || !test) {
+        keel_dataset_free(train);
+        keel_dataset_free(test);
+        printf("Fashion-MNIST not found (KEEL_DATA_DIR); skipping\n");
+        skip();
+    }
+    KS_OK(keel_dataset_truncate(train, 2000));
+    KS_OK(keel_dataset_truncate(test, 1000));
+    keel_context *ctx = ks_context();
+    keel_trainer *t = make_trainer(ctx, "lenet5", train, test, NULL, 4, 32);
+    KS_OK(keel_trainer_run(t));
+    assert_int_equal(keel_trainer_epochs_done(t), 4);
+    keel_epoch_stats first, last;
+    KS_OK(keel_trainer_history(t, 0, &first));
+    KS_OK(keel_trainer_history(t, 3, &last));
+    printf("lenet5 on 2000 Fashion-MNIST images, 4 epochs: train loss %.3f -> %.3f, test top-1 %.1f%% "
+           "(1000 images), %.0f img/s\n", first.train_loss, last.train_loss, 100.0 * last.eval.top1,
+           last.images_per_second);
+    assert_true(last.evaluated);
+    assert_int_equal(last.eval.samples, 1000);
+    assert_true(last.train_loss < first.train_loss);
+    assert_true(last.eval.top1 > 0.60);
+    keel_eval_result again;
+    KS_OK(keel_trainer_evaluate(t, NULL, &again));
+    assert_true(again.loss == last.eval.loss && again.top1 == last.eval.top1);
+    keel_trainer_destroy(t);
+    keel_context_destroy(ctx);
+    keel_dataset_free(train);
+    keel_dataset_free(test);
+}
+
+/* Evaluating with a batch that does not divide the set (padding) gives the
+ * numbers that batch 1 gives. */
+static void test_evaluate_pads_last_batch(void **state)
+{
+    (void)state;
+    keel_context *ctx = ks_context();
+    keel_dataset *d = synthetic_dataset(37, 5);
+    keel_eval_result r[2];
+    const int64_t batches[2] = {16, 1};
+    for (int k = 0; k < 2; k++) {
+        keel_graph *g = keel_graph_new();
+        keel_model_opts mo = {.batch = batches[k]};
+        keel_model_io io;
+        KS_OK(keel_model_build(g, "lenet5", &mo, &io));
+        keel_graph_keep(g, io.logits);
+        keel_plan *plan = ks_compile(g, ctx, 9);
+        KS_OK(keel_evaluate(plan, &io, d, &r[k]));
+        keel_plan_destroy(plan);
+        keel_graph_free(g);
+    }
+    assert_int_equal(r[0].samples, 37);
+    assert_int_equal(r[1].samples, 37);
+    assert_false(r[0].has_top5);
+    printf("eval batch 16: loss %.9f top-1 %.4f; batch 1: loss %.9f top-1 %.4f\n", r[0].loss, r[0].top1, r[1].loss,
+           r[1].top1);
+    assert_true(fabs(r[0].loss - r[1].loss) < 1e-5);
+    assert_true(r[0].top1 == r[1].top1);
+    keel_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
+/* Two epochs in one go equal one epoch, a checkpoint, a fresh process-like
+ * restart and the second epoch: every parameter and batch-norm statistic
+ * bit for bit. cnn-small has batch norm and dropout, so its running
+ * statistics and the dropout counter must survive too; Adam's step count
+ * (its bias correction) must as well. */
+static void check_resume_bitwise(const char *model, const keel_optimizer_opts *opt, const char *what)
+{
+    keel_context *ctx = ks_context();
+    keel_dataset *train = synthetic_dataset(128, 1), *test = synthetic_dataset(32, 2);
+    char path[320];
+    tmp_path("resume.safetensors", path, sizeof path);
+
+    keel_trainer *whole = make_trainer(ctx, model, train, test, opt, 2, 32);
+    KS_OK(keel_trainer_run(whole));
+    int64_t n_whole = 0;
+    float *p_whole = read_all_params(keel_trainer_plan(whole), &n_whole);
+    keel_epoch_stats last_whole;
+    KS_OK(keel_trainer_history(whole, 1, &last_whole));
+    keel_trainer_destroy(whole);
+
+    keel_trainer *first = make_trainer(ctx, model, train, test, opt, 2, 32);
+    KS_OK(keel_trainer_epoch(first, NULL));
+    KS_OK(keel_trainer_save(first, path));
+    keel_trainer_destroy(first);
+
+    keel_trainer *second = make_trainer(ctx, model, train, test, opt, 2, 32);
+    KS_OK(keel_trainer_resume(second, path));
+    assert_int_equal(keel_trainer_epochs_done(second), 1);
+    KS_OK(keel_trainer_run(second));
+    assert_int_equal(keel_trainer_epochs_done(second), 2);
+    assert_int_equal(keel_trainer_history_count(second), 2);
+    int64_t n_resumed = 0;
+    float *p_resumed = read_all_params(keel_trainer_plan(second), &n_resumed);
+    keel_epoch_stats last_resumed;
+    KS_OK(keel_trainer_history(second, 1, &last_resumed));
+    keel_trainer_destroy(second);
+
+    assert_int_equal(n_whole, n_resumed);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n_whole; i++)
+        differ += memcmp(&p_whole[i], &p_resumed[i], sizeof(float)) != 0;
+    printf("%s: %lld of %lld parameter values differ after resuming; loss %.9g vs %.9g\n", what, (long long)differ,
+           (long long)n_whole, last_whole.train_loss, last_resumed.train_loss);
+    assert_int_equal(differ, 0);
+    assert_true(last_whole.train_loss == last_resumed.train_loss);
+    assert_true(last_whole.eval.loss == last_resumed.eval.loss);
+    free(p_whole);
+    free(p_resumed);
+    keel_dataset_free(train);
+    keel_dataset_free(test);
+    keel_context_destroy(ctx);
+}
+
+static void test_resume_sgd_bitwise(void **state)
+{
+    (void)state;
+    keel_optimizer_opts o = keel_optimizer_defaults(KEEL_OPTIMIZER_SGD);
+    o.weight_decay = 1e-4f;
+    check_resume_bitwise("cnn-small", &o, "cnn-small, sgd momentum");
+}
+
+static void test_resume_adam_bitwise(void **state)
+{
+    (void)state;
+    keel_optimizer_opts o = keel_optimizer_defaults(KEEL_OPTIMIZER_ADAM);
+    check_resume_bitwise("lenet5", &o, "lenet5, adam");
+}
+
+/* ---- bad checkpoints ------------------------------------------------------------ */
+
+static void write_checkpoint(keel_context *ctx, keel_dataset *d, const char *path)
+{
+    keel_trainer *t = make_trainer(ctx, "lenet5", d, NULL, NULL, 1, 32);
+    KS_OK(keel_trainer_save(t, path));
+    keel_trainer_destroy(t);
+}
+
+static long file_size(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fclose(f);
+    return n;
+}
+
+static void expect_resume_error(keel_context *ctx, keel_dataset *d, const char *path, const char *needle)
+{
+    keel_trainer *t = make_trainer(ctx, "lenet5", d, NULL, NULL, 1, 32);
+    keel_status st = keel_trainer_resume(t, path);
+    printf("resume %s -> %s: %s\n", path, keel_status_string(st), keel_last_error());
+    assert_int_not_equal(st, KEEL_OK);
+    assert_non_null(strstr(keel_last_error(), path));
+    if (needle)
+        assert_non_null(strstr(keel_last_error(), needle));
+    keel_trainer_destroy(t);
+}
+
+static void test_truncated_and_corrupt_checkpoint(void **state)
+{
+    (void)state;
+    keel_context *ctx = ks_context();
+    keel_dataset *d = synthetic_dataset(64, 3);
+    char good[320], cut[320], bad[320], missing[320];
+    tmp_path("good.safetensors", good, sizeof good);
+    tmp_path("cut.safetensors", cut, sizeof cut);
+    tmp_path("bad.safetensors", bad, sizeof bad);
+    tmp_path("missing.safetensors", missing, sizeof missing);
+    write_checkpoint(ctx, d, good);
+
+    long n = file_size(good);
+    assert_true(n > 64);
+    char *bytes = malloc((size_t)n);
+    FILE *f = fopen(good, "rb");
+    assert_int_equal(fread(bytes, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    f = fopen(cut, "wb");
+    fwrite(bytes, 1, (size_t)n / 2, f);
+    fclose(f);
+    expect_resume_error(ctx, d, cut, NULL);
+
+    f = fopen(bad, "wb");
+    fwrite(bytes, 1, (size_t)n, f);
+    fclose(f);
+    f = fopen(bad, "r+b"); /* the JSON header no longer parses */
+    fseek(f, 8, SEEK_SET);
+    fwrite("{\"oops", 1, 6, f);
+    fclose(f);
+    expect_resume_error(ctx, d, bad, NULL);
+    free(bytes);
+
+    expect_resume_error(ctx, d, missing, NULL);
+
+    /* A weights file has no optimiser state: it is not a checkpoint. */
+    keel_trainer *t = make_trainer(ctx, "lenet5", d, NULL, NULL, 1, 32);
+    char weights[320];
+    tmp_path("weights.safetensors", weights, sizeof weights);
+    KS_OK(keel_weights_save(keel_trainer_plan(t), weights, NULL));
+    keel_trainer_destroy(t);
+    expect_resume_error(ctx, d, weights, "not a Keel training checkpoint");
+
+    keel_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
+static void test_mismatched_checkpoint(void **state)
+{
+    (void)state;
+    keel_context *ctx = ks_context();
+    keel_dataset *d = synthetic_dataset(64, 4);
+    char path[320];
+    tmp_path("lenet.safetensors", path, sizeof path);
+    write_checkpoint(ctx, d, path);
+
+    /* Another model: the first parameter it lacks, and what the file holds there. */
+    keel_trainer *t = make_trainer(ctx, "cnn-small", d, NULL, NULL, 1, 32);
+    assert_int_not_equal(keel_trainer_resume(t, path), KEEL_OK);
+    printf("cnn-small from a lenet5 checkpoint: %s\n", keel_last_error());
+    const char *msg = keel_last_error();
+    assert_non_null(strstr(msg, "block1.conv1.weight"));
+    assert_non_null(strstr(msg, "32x1x3x3"));
+    assert_non_null(strstr(msg, "conv1.weight"));
+    assert_non_null(strstr(msg, "6x1x5x5"));
+    assert_non_null(strstr(msg, "lenet5"));
+    keel_trainer_destroy(t);
+
+    /* The same names in another shape: 12 classes instead of 10. */
+    keel_trainer_opts o = keel_trainer_default_opts();
+    o.train = d;
+    o.batch = 32;
+    o.seed = 7;
+    o.model_opts.classes = 12;
+    KS_OK(keel_trainer_create(&t, ctx, &o));
+    assert_int_equal(keel_trainer_resume(t, path), KEEL_ERR_SHAPE);
+    printf("lenet5 with 12 classes from a 10-class checkpoint: %s\n", keel_last_error());
+    msg = keel_last_error();
+    assert_non_null(strstr(msg, "fc2.weight"));
+    assert_non_null(strstr(msg, "10x84"));
+    assert_non_null(strstr(msg, "12x84"));
+    /* The failed load left the parameters alone. */
+    keel_trainer_destroy(t);
+
+    /* Resuming SGD state into an Adam run names both. */
+    keel_optimizer_opts adam = keel_optimizer_defaults(KEEL_OPTIMIZER_ADAM);
+    t = make_trainer(ctx, "lenet5", d, NULL, &adam, 1, 32);
+    assert_int_not_equal(keel_trainer_resume(t, path), KEEL_OK);
+    assert_non_null(strstr(keel_last_error(), "sgd"));
+    assert_non_null(strstr(keel_last_error(), "adam"));
+    keel_trainer_destroy(t);
+
+    keel_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
+/* Weights round-trip through keel_weights_save / keel_weights_load and the
+ * checkpoint records what evaluation needs. */
+static void test_weights_round_trip(void **state)
+{
+    (void)state;
+    keel_context *ctx = ks_context();
+    keel_dataset *d = synthetic_dataset(64, 6);
+    keel_trainer *t = make_trainer(ctx, "lenet5", d, NULL, NULL, 1, 32);
+    KS_OK(keel_trainer_epoch(t, NULL));
+    char path[320], value[128];
+    tmp_path("round.safetensors", path, sizeof path);
+    KS_OK(keel_trainer_save(t, path));
+    int64_t n = 0;
+    float *before = read_all_params(keel_trainer_plan(t), &n);
+    KS_OK(keel_checkpoint_metadata(path, "model", value, sizeof value));
+    assert_string_equal(value, "lenet5");
+    KS_OK(keel_checkpoint_metadata(path, "epoch", value, sizeof value));
+    assert_string_equal(value, "1");
+    assert_int_equal(keel_checkpoint_metadata(path, "nothing", value, sizeof value), KEEL_ERR_NOT_FOUND);
+    float mean, std;
+    KS_OK(keel_checkpoint_normalization(path, 1, &mean, &std));
+    assert_true(mean > 0.0f && std > 0.0f);
+
+    keel_graph *g = keel_graph_new();
+    keel_model_opts mo = {.batch = 8};
+    keel_model_io io;
+    KS_OK(keel_model_build(g, "lenet5", &mo, &io));
+    keel_plan *plan = ks_compile(g, ctx, 99);
+    KS_OK(keel_weights_load(plan, path));
+    int64_t m = 0;
+    float *after = read_all_params(plan, &m);
+    assert_int_equal(n, m);
+    assert_memory_equal(before, after, (size_t)n * sizeof(float));
+    free(before);
+    free(after);
+    keel_plan_destroy(plan);
+    keel_graph_free(g);
+    keel_trainer_destroy(t);
+    keel_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
+static void test_trainer_bad_opts(void **state)
+{
+    (void)state;
+    keel_context *ctx = ks_context();
+    keel_dataset *d = synthetic_dataset(20, 8);
+    keel_trainer_opts o = keel_trainer_default_opts();
+    keel_trainer *t = NULL;
+    assert_int_equal(keel_trainer_create(&t, ctx, &o), KEEL_ERR_INVALID_ARGUMENT); /* no data */
+    o.train = d;
+    assert_int_equal(keel_trainer_create(&t, ctx, &o), KEEL_ERR_INVALID_ARGUMENT); /* 20 < batch 64 */
+    assert_non_null(strstr(keel_last_error(), "fewer than one batch"));
+    o.batch = 4;
+    o.model = "no-such-model";
+    assert_int_not_equal(keel_trainer_create(&t, ctx, &o), KEEL_OK);
+    assert_non_null(strstr(keel_last_error(), "no-such-model"));
+    assert_null(t);
+    keel_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sgd_plain),
+        cmocka_unit_test(test_sgd_momentum_weight_decay),
+        cmocka_unit_test(test_sgd_nesterov),
+        cmocka_unit_test(test_adam),
+        cmocka_unit_test(test_optimizer_bad_opts),
+        cmocka_unit_test(test_schedules),
+        cmocka_unit_test(test_evaluate_pads_last_batch),
+        cmocka_unit_test(test_learns_fashion_mnist_subset),
+        cmocka_unit_test(test_resume_sgd_bitwise),
+        cmocka_unit_test(test_resume_adam_bitwise),
+        cmocka_unit_test(test_truncated_and_corrupt_checkpoint),
+        cmocka_unit_test(test_mismatched_checkpoint),
+        cmocka_unit_test(test_weights_round_trip),
+        cmocka_unit_test(test_trainer_bad_opts),
+    };
+    return cmocka_run_group_tests(tests, make_tmp_dir, remove_tmp_dir);
+}
