@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "zoo.h"
+#include "dcgan.h"
 
 typedef struct zoo_entry {
     const char *name;
@@ -32,6 +33,10 @@ static const zoo_entry zoo[] = {
      keel_zoo_resnet34, 1000, 3, 224, 224},
     {"resnet50", "ResNet-50 v1.5 (He et al. 2015, torchvision): bottleneck blocks [3, 4, 6, 3], stride on the 3x3",
      keel_zoo_resnet50, 1000, 3, 224, 224},
+    {"dcgan-g", "DCGAN generator (Radford et al. 2015) for 28x28: 100-d noise, dense projection, two transposed convs, tanh",
+     keel_zoo_dcgan_generator, 1, 1, 28, 28},
+    {"dcgan-d", "DCGAN discriminator for 28x28: strided convs, leaky ReLU 0.2, batch norm, one logit",
+     keel_zoo_dcgan_discriminator, 1, 1, 28, 28},
 };
 
 enum { zoo_size = (int)(sizeof zoo / sizeof zoo[0]) };

@@ -10,6 +10,8 @@
 #include "train.h"
 #include "data.h"
 #include "models.h"
+#include "gan.h"
+#include "visualize.h"
 
 #define KEEL_VERSION_MAJOR 0
 #define KEEL_VERSION_MINOR 1

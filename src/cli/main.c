@@ -1,6 +1,8 @@
 /* keel: train, evaluate and inspect convolutional networks. */
 #include "cli.h"
+#include "gan.h"
 #include "pack.h"
+#include "show.h"
 #include <string.h>
 
 /* keel_cli_pack takes the command name as argv[0]. */
@@ -21,6 +23,8 @@ static const command_entry commands[] = {
     {"info", "print a model's layers: output shapes, parameters, FLOPs, memory", cli_info},
     {"bench", "time a model's forward and training steps on synthetic data (--per-layer)", cli_bench},
     {"pack", "decode an image folder or list once into packed uint8 shards", pack_command},
+    {"gan", "train a DCGAN on Fashion-MNIST: sample grids, checkpoints, Frechet distance", keel_cli_gan},
+    {"show", "draw a layer's learned filters or one image's activations as a PNG", keel_cli_show},
     {"devices", "list the devices Keel can run on", cli_devices},
 };
 enum { n_commands = (int)(sizeof commands / sizeof commands[0]) };
