@@ -183,13 +183,13 @@ static void test_filters_and_activations(void **state)
     KS_OK(keel_plan_param_set(plan, "stem.weight", weights, 8));
     keel_picture pic = {0};
     KS_OK(keel_filter_picture(plan, first, 1, &pic));
-    assert_int_equal(pic.height, 2 + 2 + 2);          /* 2 columns (ceil sqrt 2), one row, padding 2 */
-    assert_int_equal(pic.width, 2 + 2 * (2 + 2));
-    /* filter 0 = {0, 1, 2, 3} on 0..3, filter 1 = {4, 4, 4, 8} on 4..8, white padding */
-    const uint8_t row0[10] = {255, 255, 0, 85, 255, 255, 0, 0, 255, 255};
-    assert_memory_equal(pic.pixels + 2 * 10, row0, 10);
-    const uint8_t row1[10] = {255, 255, 170, 255, 255, 255, 0, 255, 255, 255};
-    assert_memory_equal(pic.pixels + 3 * 10, row1, 10);
+    assert_int_equal(pic.height, 3 + 2 + 3);          /* 2 columns (ceil sqrt 2), one row, padding 3 */
+    assert_int_equal(pic.width, 3 + 2 * (2 + 3));
+    /* filter 0 = {0, 1, 2, 3} on 0..3, filter 1 = {4, 4, 4, 8} on 4..8, grey padding */
+    const uint8_t row0[13] = {128, 128, 128, 0, 85, 128, 128, 128, 0, 0, 128, 128, 128};
+    assert_memory_equal(pic.pixels + 3 * 13, row0, 13);
+    const uint8_t row1[13] = {128, 128, 128, 170, 255, 128, 128, 128, 0, 255, 128, 128, 128};
+    assert_memory_equal(pic.pixels + 4 * 13, row1, 13);
     keel_picture_release(&pic);
     assert_int_equal(keel_filter_picture(plan, keel_graph_find(g, "x"), 1, &pic), KEEL_ERR_INVALID_ARGUMENT);
 

@@ -153,6 +153,8 @@ static int train(const train_args *a, keel_trainer_opts *opts)
         if (st == KEEL_OK && a->plot)
             st = write_plot(t, a->plot, title);
     }
+    if (st == KEEL_OK && a->plot) /* also when a resumed run had nothing left to train */
+        st = write_plot(t, a->plot, title);
     if (st == KEEL_OK) {
         print_summary(t, now_seconds() - start);
         if (a->save)

@@ -206,7 +206,7 @@ static keel_status filter_tiles(const keel_node *w, const float *weights, keel_p
 {
     int filters = (int)w->shape[0], inputs = (int)w->shape[1];
     int kh = (int)w->shape[2], kw = (int)w->shape[3];
-    keel_grid_opts o = {.zoom = zoom ? zoom : auto_zoom(kw, 24), .padding = 2, .background = 255};
+    keel_grid_opts o = {.zoom = zoom ? zoom : auto_zoom(kw, 24), .padding = 3, .background = 128};
     if (inputs == 3)
         return keel_grid_make(out, weights, filters, 3, kh, kw, &o);
     if (inputs == 1)
