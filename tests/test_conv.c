@@ -799,6 +799,120 @@ static void test_null_input(void **state)
     keel_graph_free(g);
 }
 
+/* ---- both CPU engines: oneDNN and the im2col reference ---------------------
+ * (CPU-performance helper.) Every case runs three times: with the default
+ * engine choice (KEEL_CPU_CONV=auto: oneDNN for the nodes it suits, where
+ * the build has oneDNN), with KEEL_CPU_CONV=dnnl (oneDNN for every kernel it
+ * implements) and with KEEL_CPU_CONV=im2col (the reference path), each
+ * checked against the same float64 references and finite differences. The
+ * variable is read when a plan is compiled; setup and teardown run even when
+ * a case fails, so a failure cannot leak the engine into the next test. */
+static int engine_auto(void **state)
+{
+    (void)state;
+    return setenv("KEEL_CPU_CONV", "auto", 1);
+}
+
+static int engine_dnnl(void **state)
+{
+    (void)state;
+    return setenv("KEEL_CPU_CONV", "dnnl", 1);
+}
+
+static int engine_im2col(void **state)
+{
+    (void)state;
+    return setenv("KEEL_CPU_CONV", "im2col", 1);
+}
+
+static int engine_default(void **state)
+{
+    (void)state;
+    return unsetenv("KEEL_CPU_CONV");
+}
+
+enum { ENGINES = 3 };
+static const char *const engine_names[ENGINES] = {"auto", "dnnl", "im2col"};
+static int (*const engine_setups[ENGINES])(void **) = {engine_auto, engine_dnnl, engine_im2col};
+
+/* Shapes that reach the oneDNN paths the small cases above do not: filters
+ * that cut into slices of 16 for the weight gradient, images with 8 or more
+ * channels for the data gradient. */
+static const conv_case engine_cases[] = {
+    {"conv2d[32 filters: sliced weight gradient]", false, 2, 8, 9, 10, 32, {KERNEL(3, 3), PAD(1, 1, 1, 1)},
+     .large = true},
+    {"conv2d[48 filters stride 2 no bias: sliced]", false, 3, 16, 11, 9, 48,
+     {KERNEL(3, 3), STRIDE(2, 2), PAD(1, 1, 1, 1), .no_bias = true}, .large = true},
+    {"conv2d[1x1 64 filters: sliced]", false, 2, 16, 5, 6, 64, {KERNEL(1, 1)}, .large = true},
+    {"conv2d[5x5 dilation 2 asym pad 32 filters: sliced]", false, 2, 8, 12, 11, 32,
+     {KERNEL(5, 5), PAD(3, 1, 2, 4), DILATION(2, 2)}, .large = true},
+};
+
+/* dw of a convolution with `filters` filters and `groups` groups on x
+ * {4, 16, 10, 9}, from a plan whose context has `threads` threads. */
+static void weight_grad_with_threads(int filters, int groups, int threads, float *dw, int64_t dw_count)
+{
+    keel_graph *g = keel_graph_new();
+    assert_non_null(g);
+    int64_t x_shape[4] = {4, 16, 10, 9};
+    keel_node *x = keel_input(g, "x", 4, x_shape);
+    keel_conv2d_opts opts = {KERNEL(3, 3), PAD(1, 1, 1, 1), .groups = groups};
+    keel_node *y = keel_conv2d(g, "conv", x, filters, &opts);
+    ks_graph_ok(g);
+    int64_t y_shape[KEEL_MAX_DIMS];
+    int y_ndim = keel_node_shape(y, y_shape);
+    keel_node *dy = keel_input(g, "dy", y_ndim, y_shape);
+    KS_OK(keel_graph_backward_from(g, y, dy));
+    keel_context_opts copts = {.threads = threads};
+    keel_context *ctx = NULL;
+    KS_OK(keel_context_create(&ctx, &copts));
+    keel_plan *plan = ks_compile(g, ctx, 5);
+    int64_t x_count = keel_node_numel(x), y_count = keel_node_numel(y);
+    float *xf = malloc((size_t)x_count * sizeof *xf), *dyf = malloc((size_t)y_count * sizeof *dyf);
+    assert_true(xf && dyf);
+    ks_fill_uniform(xf, x_count, 11, -1.0f, 1.0f);
+    ks_fill_uniform(dyf, y_count, 12, -1.0f, 1.0f);
+    KS_OK(keel_plan_set_input(plan, x, xf));
+    KS_OK(keel_plan_set_input(plan, dy, dyf));
+    KS_OK(keel_plan_forward(plan, true));
+    KS_OK(keel_plan_backward(plan));
+    KS_OK(keel_plan_grad_get(plan, "conv.weight", dw, dw_count));
+    free(xf);
+    free(dyf);
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+    keel_graph_free(g);
+}
+
+/* The weight gradient's sum over the batch has the same bits on one thread
+ * as on two (so a plan split over CPU devices matches one device), whichever
+ * engine runs it: 64 filters (oneDNN: four slices), and 8 filters in two
+ * groups (oneDNN: one single-threaded slice). Runs under each engine's setup. */
+static void test_weight_grad_thread_invariant(void **state)
+{
+    (void)state;
+    enum { DW = 64 * 16 * 3 * 3, GROUPED_DW = 8 * 8 * 3 * 3 };
+    static float one[DW], two[DW];
+    weight_grad_with_threads(64, 1, 1, one, DW);
+    weight_grad_with_threads(64, 1, 2, two, DW);
+    assert_memory_equal(one, two, sizeof one);
+    weight_grad_with_threads(8, 2, 1, one, GROUPED_DW);
+    weight_grad_with_threads(8, 2, 2, two, GROUPED_DW);
+    assert_memory_equal(one, two, GROUPED_DW * sizeof(float));
+}
+
+/* tests[engine * count + i]: case i under each engine, named "<label> [engine]". */
+static void engine_tests(const conv_case *list, int count, struct CMUnitTest *tests, char (*names)[96])
+{
+    for (int e = 0; e < ENGINES; e++)
+        for (int i = 0; i < count; i++) {
+            int k = e * count + i;
+            snprintf(names[k], sizeof names[k], "%s [%s]", list[i].label, engine_names[e]);
+            tests[k] = (struct CMUnitTest){names[k], run_case, engine_setups[e], engine_default,
+                                           (void *)&list[i]};
+        }
+}
+
 int main(void)
 {
     static const struct CMUnitTest fixed[] = {
@@ -811,12 +925,25 @@ int main(void)
         cmocka_unit_test(test_error_bad_shapes_and_options),
         cmocka_unit_test(test_null_input),
     };
-    enum { CASES = sizeof cases / sizeof cases[0], FIXED = sizeof fixed / sizeof fixed[0] };
-    /* One test per case, named by its label, then the fixed ones. */
-    struct CMUnitTest tests[CASES + FIXED];
-    for (int i = 0; i < CASES; i++)
-        tests[i] = (struct CMUnitTest){cases[i].label, run_case, NULL, NULL, (void *)&cases[i]};
+    enum {
+        CASES = sizeof cases / sizeof cases[0],
+        MORE = sizeof engine_cases / sizeof engine_cases[0],
+        FIXED = sizeof fixed / sizeof fixed[0],
+        PER_ENGINE = ENGINES * (CASES + MORE),
+    };
+    /* One test per case and engine, the thread-count check per engine, then
+     * the fixed ones. */
+    static struct CMUnitTest tests[PER_ENGINE + ENGINES + FIXED];
+    static char names[PER_ENGINE + ENGINES][96];
+    engine_tests(cases, CASES, tests, names);
+    engine_tests(engine_cases, MORE, tests + ENGINES * CASES, names + ENGINES * CASES);
+    for (int e = 0; e < ENGINES; e++) {
+        snprintf(names[PER_ENGINE + e], sizeof names[0], "weight gradient bits independent of threads [%s]",
+                 engine_names[e]);
+        tests[PER_ENGINE + e] = (struct CMUnitTest){names[PER_ENGINE + e], test_weight_grad_thread_invariant,
+                                                    engine_setups[e], engine_default, NULL};
+    }
     for (int i = 0; i < FIXED; i++)
-        tests[CASES + i] = fixed[i];
+        tests[PER_ENGINE + ENGINES + i] = fixed[i];
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,21 @@
 /* The CPU backend: host memory, OpenMP worker threads, and the kernel table.
  * It is the reference every other backend is tested against. */
 #include "cpu/cpu.h"
+#ifdef KEEL_HAVE_DNNL
+#include "cpu/conv_dnnl.h"
+/* oneDNN's primitives, with conv.c's im2col path behind them. */
+#define CONV_PREPARE keel_cpu_conv_dnnl_prepare
+#define CONV_FORWARD keel_cpu_conv_dnnl_forward
+#define CONV_BWD_DATA keel_cpu_conv_dnnl_bwd_data
+#define CONV_BWD_WEIGHT keel_cpu_conv_dnnl_bwd_weight
+#define CONV_RELEASE keel_cpu_conv_dnnl_release
+#else
+#define CONV_PREPARE keel_cpu_conv2d_prepare
+#define CONV_FORWARD keel_cpu_conv2d
+#define CONV_BWD_DATA keel_cpu_conv2d_bwd_data
+#define CONV_BWD_WEIGHT keel_cpu_conv2d_bwd_weight
+#define CONV_RELEASE NULL
+#endif
 #include "ops/math.h"
 #include <cblas.h>
 #include <omp.h>
@@ -138,18 +153,19 @@ const keel_backend keel_cpu_backend = {
     .sync = cpu_sync,
     .memory_info = cpu_memory_info,
     .prepare = {
-        [KEEL_OP_CONV2D] = keel_cpu_conv2d_prepare,
-        [KEEL_OP_CONV2D_BWD_DATA] = keel_cpu_conv2d_prepare,
-        [KEEL_OP_CONV2D_BWD_WEIGHT] = keel_cpu_conv2d_prepare,
-        [KEEL_OP_CONV_TRANSPOSE2D] = keel_cpu_conv2d_prepare,
+        [KEEL_OP_CONV2D] = CONV_PREPARE,
+        [KEEL_OP_CONV2D_BWD_DATA] = CONV_PREPARE,
+        [KEEL_OP_CONV2D_BWD_WEIGHT] = CONV_PREPARE,
+        [KEEL_OP_CONV_TRANSPOSE2D] = CONV_PREPARE,
     },
+    .release_algo = CONV_RELEASE,
     .run = {
         [KEEL_OP_FILL] = keel_cpu_fill,
         [KEEL_OP_COPY] = keel_cpu_copy,
-        [KEEL_OP_CONV2D] = keel_cpu_conv2d,
-        [KEEL_OP_CONV2D_BWD_DATA] = keel_cpu_conv2d_bwd_data,
-        [KEEL_OP_CONV2D_BWD_WEIGHT] = keel_cpu_conv2d_bwd_weight,
-        [KEEL_OP_CONV_TRANSPOSE2D] = keel_cpu_conv2d_bwd_data,
+        [KEEL_OP_CONV2D] = CONV_FORWARD,
+        [KEEL_OP_CONV2D_BWD_DATA] = CONV_BWD_DATA,
+        [KEEL_OP_CONV2D_BWD_WEIGHT] = CONV_BWD_WEIGHT,
+        [KEEL_OP_CONV_TRANSPOSE2D] = CONV_BWD_DATA,
         [KEEL_OP_BIAS_GRAD] = keel_cpu_bias_grad,
         [KEEL_OP_MAX_POOL2D] = keel_cpu_max_pool2d,
         [KEEL_OP_MAX_POOL2D_BWD] = keel_cpu_max_pool2d_bwd,
