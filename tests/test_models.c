@@ -249,7 +249,7 @@ static void test_listing(void **state)
 {
     (void)state;
     const char *expected[] = {"lenet5",  "dmlp",      "cnn-small", "alexnet",  "alexnet-1gpu",
-                              "vgg16",   "googlenet", "resnet18",  "resnet34", "resnet50"};
+                              "vgg16",   "googlenet", "resnet18",  "resnet34", "resnet50", "dcgan-g",   "dcgan-d"};
     assert_int_equal(keel_model_count(), (int)(sizeof expected / sizeof expected[0]));
     for (int i = 0; i < keel_model_count(); i++) {
         assert_string_equal(keel_model_name(i), expected[i]);

@@ -34,8 +34,10 @@ static const char description[] =
     "samples with a cnn-small classifier: the Fréchet distance between the Gaussians of its\n"
     "penultimate-layer features on real test images and on samples (an FID computed with Keel's\n"
     "own classifier; lower is better), and the share of samples it assigns to one class with\n"
-    "probability > 0.9. The classifier is --classifier FILE, else OUT/classifier.safetensors when\n"
-    "that exists, else trained first (--classifier-epochs) and saved there.";
+    "probability > 0.9. The classifier is --classifier FILE (e.g. from `keel train --model\n"
+    "cnn-small --save FILE`), else OUT/classifier.safetensors when that exists, else trained\n"
+    "first with keel train's recipe (--classifier-epochs, default 10) and saved there. A less\n"
+    "trained classifier is less confident about real images and samples alike.";
 
 static double now_seconds(void)
 {
@@ -183,6 +185,34 @@ static keel_status train_classifier(const gan_args *a, keel_context *ctx, const 
     return st;
 }
 
+/* Real training images scored the way samples are: the best a generator
+ * could reach with this classifier. */
+static keel_status print_reference(const gan_args *a, keel_fid *fid)
+{
+    keel_dataset *train = NULL;
+    keel_status st = cli_load_dataset(a->dataset, a->data, true, &train);
+    int channels, height, width;
+    keel_fid_image_shape(fid, &channels, &height, &width);
+    int64_t count = a->fid_samples, image = (int64_t)channels * height * width;
+    if (st == KEEL_OK && count > keel_dataset_size(train))
+        count = keel_dataset_size(train);
+    float *pixels = st == KEEL_OK ? malloc((size_t)(count * image) * sizeof *pixels) : NULL;
+    if (st == KEEL_OK && !pixels)
+        st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for %lld reference images", (long long)count);
+    int32_t label;
+    for (int64_t i = 0; i < count && st == KEEL_OK; i++)
+        st = keel_dataset_get(train, i, pixels + i * image, &label);
+    keel_fid_score score;
+    if (st == KEEL_OK)
+        st = keel_fid_score_images(fid, pixels, count, &score);
+    if (st == KEEL_OK)
+        printf("reference %lld real training images score FID %.2f, confident %.1f%% (what samples aim for)\n",
+               (long long)count, score.distance, 100.0 * score.confident);
+    free(pixels);
+    keel_dataset_free(train);
+    return st;
+}
+
 static keel_status create_scorer(const gan_args *a, keel_context *ctx, keel_fid **fid)
 {
     char path[1100];
@@ -208,7 +238,7 @@ static keel_status create_scorer(const gan_args *a, keel_context *ctx, keel_fid 
                                                                                  : keel_dataset_size(test)),
                a->classifier_model, weights, keel_fid_dim(*fid), now_seconds() - start);
     keel_dataset_free(test);
-    return st;
+    return st == KEEL_OK ? print_reference(a, *fid) : st;
 }
 
 /* ---- the run ------------------------------------------------------------------------ */
@@ -294,7 +324,7 @@ static keel_status train(const gan_args *a, keel_context *ctx, keel_fid *fid)
 int keel_cli_gan(int argc, char **argv)
 {
     gan_args a = {.dataset = "fashion-mnist", .device = "cpu", .out = "gan-out", .classifier_model = "cnn-small",
-                  .progress = "auto", .epochs = 10, .classifier_epochs = 3, .batch = 64, .fid_samples = 2000,
+                  .progress = "auto", .epochs = 10, .classifier_epochs = 10, .batch = 64, .fid_samples = 2000,
                   .lr = 2e-4f, .beta1 = 0.5f, .seed = 1};
     cli_flag flags[] = {
         {"data", CLI_STRING, &a.data, "DIR", "where the dataset's files are (default " KEEL_FASHION_MNIST_DIR ")"},
@@ -312,7 +342,7 @@ int keel_cli_gan(int argc, char **argv)
                                                           "OUT/classifier.safetensors, trained when missing)"},
         {"classifier-model", CLI_STRING, &a.classifier_model, "NAME", "the scoring classifier (default cnn-small)"},
         {"classifier-epochs", CLI_INT, &a.classifier_epochs, "N", "epochs when the classifier is trained here "
-                                                                  "(default 3)"},
+                                                                  "(default 10, as keel train)"},
         {"fid-samples", CLI_INT64, &a.fid_samples, "N", "samples scored after each epoch (default 2000)"},
         {"fid-real", CLI_INT64, &a.fid_real, "N", "real test images the samples are compared with (default: all)"},
         {"no-score", CLI_SWITCH, &a.no_score, NULL, "skip the classifier and the per-epoch score"},
