@@ -157,6 +157,37 @@ static void test_gradients_accumulate_over_consumers(void **state)
     keel_graph_free(g);
 }
 
+/* A parameter whose gradient is a view (reshape of dy) cannot write into the
+ * gradient block; the executor copies it there after the backward pass. */
+static void test_gradient_through_a_view_reaches_the_block(void **state)
+{
+    (void)state;
+    keel_graph *g = keel_graph_new();
+    int64_t shape[2] = {2, 3}, flat = 6;
+    keel_node *p = keel_param(g, "p", 2, shape, keel_init_uniform(-1, 1));
+    keel_node *target = keel_input(g, "target", 1, &flat);
+    keel_node *loss = keel_mse_loss(g, "loss", keel_reshape(g, "flat", p, 1, &flat), target);
+    KS_OK(keel_graph_backward(g, loss));
+    keel_context *ctx = ks_context();
+    keel_plan *plan = ks_compile(g, ctx, 4);
+    float pv[6], tv[6], got[6];
+    double want[6];
+    ks_fill_uniform(tv, 6, 3, -1, 1);
+    KS_OK(keel_plan_param_get(plan, "p", pv, 6));
+    KS_OK(keel_plan_set_input(plan, target, tv));
+    for (int step = 0; step < 2; step++) { /* twice: the staging buffer is reused */
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+    }
+    KS_OK(keel_plan_grad_get(plan, "p", got, 6));
+    for (int i = 0; i < 6; i++)
+        want[i] = 2.0 * ((double)pv[i] - tv[i]) / 6.0;
+    ks_check("graph gradient through a view", got, want, 6, 1e-3, 1e-6);
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+    keel_graph_free(g);
+}
+
 static void test_backward_errors(void **state)
 {
     (void)state;
@@ -295,6 +326,7 @@ int main(void)
         cmocka_unit_test(test_duplicate_names_and_null_inputs),
         cmocka_unit_test(test_placement_groups_are_recorded),
         cmocka_unit_test(test_gradients_accumulate_over_consumers),
+        cmocka_unit_test(test_gradient_through_a_view_reaches_the_block),
         cmocka_unit_test(test_backward_errors),
         cmocka_unit_test(test_params_by_name),
         cmocka_unit_test(test_initialisers),

@@ -236,13 +236,9 @@ static keel_status copy_unbound_grads(keel_plan *plan)
         /* Host staging keeps the backend contract small; this path is rare
          * (a parameter whose gradient is another node's value). */
         size_t bytes = (size_t)p->numel * sizeof(float);
-        float *tmp = malloc(bytes);
-        if (!tmp)
-            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
-        keel_status st = plan->backend->download(plan->device, tmp, src, bytes);
+        keel_status st = plan->backend->download(plan->device, plan->grad_staging, src, bytes);
         if (st == KEEL_OK)
-            st = plan->backend->upload(plan->device, dst, tmp, bytes);
-        free(tmp);
+            st = plan->backend->upload(plan->device, dst, plan->grad_staging, bytes);
         if (st != KEEL_OK)
             return st;
     }

@@ -305,6 +305,14 @@ static void compute_last_reads(const keel_plan *plan, int *last_read, int *aux_l
     int end = plan->n_sched;
     for (int i = 0; i < g->n_nodes; i++)
         last_read[i] = aux_last[i] = g->nodes[i]->keep ? end : -1;
+    /* Parameter gradients are read after the backward pass: by the optimiser
+     * from the gradient block, or by the executor copying one that could not
+     * be written there (a view) into it. */
+    for (int i = 0; i < g->n_nodes; i++) {
+        const keel_node *x = g->nodes[i];
+        if (x->op == KEEL_OP_PARAM && x->trainable && x->grad)
+            last_read[x->grad->id] = end;
+    }
     for (int s = 0; s < plan->n_sched; s++) {
         keel_node *x = plan->sched[s];
         for (int j = 0; j <= x->n_inputs; j++) {
@@ -635,6 +643,18 @@ static keel_status bind_pointers(planner *pl)
     for (int s = 0; s < plan->n_sched; s++) /* views, in order: a view of a view works */
         if (pl->buf_of[plan->sched[s]->id] == BUF_VIEW)
             plan->out_ptr[plan->sched[s]->id] = plan->out_ptr[plan->sched[s]->inputs[0]->id];
+    /* Gradients that cannot write into the block are copied there after each
+     * backward pass, through one host buffer allocated now, not per step. */
+    int64_t staging = 0;
+    for (int k = 0; k < plan->n_params; k++) {
+        const keel_plan_param *p = &plan->params[k];
+        keel_node *grad = p->node->grad;
+        if (p->node->trainable && grad && plan->out_ptr[grad->id] != plan->grad_block + p->offset &&
+            p->numel > staging)
+            staging = p->numel;
+    }
+    if (staging > 0 && !(plan->grad_staging = malloc((size_t)staging * sizeof(float))))
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding the plan");
     for (int s = 0; s < plan->n_sched; s++) {
         keel_node *x = plan->sched[s];
         plan->in_ptrs[s] = calloc((size_t)(x->n_inputs ? x->n_inputs : 1), sizeof(void *));
@@ -784,6 +804,7 @@ void keel_plan_destroy(keel_plan *plan)
             free(plan->cross_deps[s]);
     }
     free(plan->devices);
+    free(plan->grad_staging);
     free(plan->cross_deps);
     free(plan->dying);
     free(plan->node_seconds);

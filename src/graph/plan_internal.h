@@ -71,6 +71,8 @@ struct keel_plan {
     int n_params;
     float *param_block, *grad_block, *state_block;
     int64_t param_floats, state_floats;
+    float *grad_staging;          /* host buffer for gradients copied into the block after the
+                                     backward pass (see copy_unbound_grads); NULL when none are */
 
     bool profiling;
     double *node_seconds;         /* by schedule position, when profiling */
