@@ -7,6 +7,7 @@
  * for k + 1 (that is, has released buffer k % 2). Batch contents depend on
  * (seed, epoch, k) alone, so prefetching never changes what the caller sees. */
 #include "data/data_internal.h"
+#include "ops/math.h"
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,14 +40,6 @@ struct keel_loader {
     pthread_cond_t ready_cv; /* the caller waits here for a batch or an idle worker */
 };
 
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 /* Fisher-Yates from a generator seeded by a hash of (seed, epoch), so an
  * epoch's order can be recomputed when a run resumes. */
 static void make_order(keel_loader *l, int64_t epoch)
@@ -56,7 +49,7 @@ static void make_order(keel_loader *l, int64_t epoch)
     if (!l->shuffle)
         return;
     keel_rng rng;
-    keel_rng_init(&rng, splitmix64(l->seed ^ splitmix64((uint64_t)epoch)));
+    keel_rng_init(&rng, keel_mix64(l->seed ^ keel_mix64((uint64_t)epoch)));
     for (int64_t i = l->count - 1; i > 0; i--) {
         int64_t j = (int64_t)keel_rng_below(&rng, (uint64_t)i + 1);
         int64_t t = l->order[i];
