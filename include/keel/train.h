@@ -223,7 +223,24 @@ typedef struct keel_trainer_opts {
 
     const char *save_path;        /* a checkpoint after every epoch, or NULL */
 
-    keel_progress_fn progress;    /* or NULL */
+    /* Data parallelism across the ranks of an MPI job (`mpirun -np N`):
+     * every rank trains a replica on its own device ("cuda" without an
+     * index picks the GPU of the rank's local index on its host) from a
+     * disjoint `batch` of each global batch of N x batch samples, so `batch`
+     * is per rank, as in PyTorch's DistributedDataParallel. Gradients are
+     * averaged across ranks: the learning rate applies to the mean gradient
+     * of the global batch, and N ranks with batch B take the steps one
+     * process takes with batch N x B (scale lr by N to keep the step per
+     * sample of a B-batch run, Goyal et al.'s linear scaling rule). Batch
+     * norm normalises with each rank's own batch statistics; the running
+     * statistics are averaged across ranks before every evaluation and
+     * checkpoint. Every rank evaluates the whole test set; rank 0 alone
+     * reports progress and writes checkpoints. Needs a libkeel built with
+     * MPI (libopenmpi-dev). */
+    bool data_parallel;
+    double dist_timeout;          /* seconds to wait for another rank; 0: 300 */
+
+    keel_progress_fn progress;    /* or NULL; data-parallel: rank 0 only */
     void *progress_user;
 } keel_trainer_opts;
 
@@ -271,6 +288,10 @@ keel_graph *keel_trainer_graph(keel_trainer *t);
 const keel_model_io *keel_trainer_model_io(const keel_trainer *t);
 keel_optimizer *keel_trainer_optimizer(keel_trainer *t);
 int64_t keel_trainer_steps_per_epoch(const keel_trainer *t);
+/* Data parallelism: this process's rank and the number of ranks (0 and 1
+ * when not data-parallel). */
+int keel_trainer_rank(const keel_trainer *t);
+int keel_trainer_ranks(const keel_trainer *t);
 
 #ifdef __cplusplus
 }

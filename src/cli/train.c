@@ -16,10 +16,11 @@ typedef struct train_args {
     const char *model, *dataset, *data, *optimizer, *schedule, *device;
     const char *save, *resume, *plot, *progress, *hidden;
     int epochs, threads;
+    float dist_timeout;
     int64_t batch, subset, test_subset;
     float lr, momentum, weight_decay, warmup, dropout;
     uint64_t seed;
-    bool nesterov, deterministic, no_normalize, no_test;
+    bool nesterov, deterministic, no_normalize, no_test, data_parallel;
 } train_args;
 
 static const char description[] =
@@ -29,7 +30,14 @@ static const char description[] =
     "schedule, 10 epochs on the CPU. --save writes a safetensors checkpoint after every epoch;\n"
     "--resume continues one bit for bit (same seed, batch and --threads) up to --epochs in total.\n"
     "SGD follows torch.optim.SGD (L2 weight decay added to the gradient, dampening 0) and Adam\n"
-    "follows torch.optim.Adam.";
+    "follows torch.optim.Adam.\n"
+    "\n"
+    "Data parallelism: `mpirun -np N keel train --data-parallel ...` trains on N ranks (one\n"
+    "device each; --device cuda takes the GPU of the rank's local index). --batch is per rank:\n"
+    "each step sees N x batch images, a disjoint shard per rank, and the averaged gradient, so\n"
+    "it equals a one-process step with batch N x batch at the same --lr (multiply --lr by N to\n"
+    "keep the step per image of a one-process run with --batch). Batch-norm statistics are per\n"
+    "rank and averaged before each evaluation; rank 0 prints and writes --save and --plot.";
 
 static int resolve_optimizer(const cli_command *cmd, const train_args *a, keel_optimizer_opts *out)
 {
@@ -62,6 +70,8 @@ static int check_args(const cli_command *cmd, const train_args *a)
         return cli_usage_error(cmd, "--threads must be >= 0 (0: all cores), got %d", a->threads);
     if (a->subset < 0 || a->test_subset < 0)
         return cli_usage_error(cmd, "--subset and --test-subset must be >= 0 (0: everything)");
+    if (a->dist_timeout < 0)
+        return cli_usage_error(cmd, "--dist-timeout must be >= 0 seconds, got %g", (double)a->dist_timeout);
     if (a->warmup < 0)
         return cli_usage_error(cmd, "--warmup must be >= 0 epochs, got %g", (double)a->warmup);
     const char *modes[] = {"auto", "bar", "lines", "none"};
@@ -138,7 +148,8 @@ static int train(const train_args *a, keel_trainer_opts *opts)
         st = keel_trainer_create(&t, ctx, opts);
     if (st == KEEL_OK && a->resume)
         st = keel_trainer_resume(t, a->resume);
-    if (st == KEEL_OK) {
+    bool lead = keel_trainer_rank(t) == 0; /* prints and writes files */
+    if (st == KEEL_OK && lead) {
         char text[2048];
         printf("%s\n", keel_trainer_describe(t, text, sizeof text));
         if (a->resume)
@@ -150,12 +161,12 @@ static int train(const train_args *a, keel_trainer_opts *opts)
     double start = now_seconds();
     while (st == KEEL_OK && keel_trainer_epochs_done(t) < a->epochs) {
         st = keel_trainer_epoch(t, NULL);
-        if (st == KEEL_OK && a->plot)
+        if (st == KEEL_OK && a->plot && lead)
             st = write_plot(t, a->plot, title);
     }
-    if (st == KEEL_OK && a->plot) /* also when a resumed run had nothing left to train */
+    if (st == KEEL_OK && a->plot && lead) /* also when a resumed run had nothing left to train */
         st = write_plot(t, a->plot, title);
-    if (st == KEEL_OK) {
+    if (st == KEEL_OK && lead) {
         print_summary(t, now_seconds() - start);
         if (a->save)
             printf("checkpoint %s\n", a->save);
@@ -195,6 +206,10 @@ int cli_train(int argc, char **argv)
         {"seed", CLI_UINT64, &a.seed, "N", "seed of initialisation, shuffling and dropout (default 1)"},
         {"threads", CLI_INT, &a.threads, "N", "CPU threads (default 0: every core)"},
         {"device", CLI_STRING, &a.device, "D", "cpu (default) or cuda:N; see `keel devices`"},
+        {"data-parallel", CLI_SWITCH, &a.data_parallel, NULL, "train on every rank of an MPI job (mpirun -np N); "
+                                                              "--batch is per rank"},
+        {"dist-timeout", CLI_FLOAT, &a.dist_timeout, "SECONDS", "data-parallel: how long a rank waits for the "
+                                                                 "others before failing (default 300)"},
         {"deterministic", CLI_SWITCH, &a.deterministic, NULL, "deterministic GPU algorithms (the CPU always is)"},
         {"subset", CLI_INT64, &a.subset, "N", "train on the first N training images only (default: all)"},
         {"test-subset", CLI_INT64, &a.test_subset, "N", "evaluate on the first N test images only (default: all)"},
@@ -237,6 +252,8 @@ int cli_train(int argc, char **argv)
     opts.seed = a.seed;
     opts.device = a.device;
     opts.deterministic = a.deterministic;
+    opts.data_parallel = a.data_parallel;
+    opts.dist_timeout = a.dist_timeout;
     opts.no_normalize = a.no_normalize;
     opts.save_path = a.save;
     cli_progress progress;

@@ -3,6 +3,7 @@
  * optimiser step, evaluate on the test set, and checkpoint. */
 #include "train/train_internal.h"
 #include "train/trainer_internal.h"
+#include "dist/distributed.h"
 #include "keel/keel.h"
 #include <math.h>
 #include <stdarg.h>
@@ -20,6 +21,7 @@ struct keel_trainer {
     keel_plan *plan;
     keel_optimizer *optimizer;
     keel_loader *train_loader, *test_loader;
+    keel_dist *dist;               /* data parallelism, or NULL */
 
     int channels, height, width, classes;
     float *mean, *std;             /* normalisation per channel (NULL when off) */
@@ -151,7 +153,14 @@ static keel_status create_loaders(keel_trainer *t)
         .seed = t->opts.seed,
         .drop_last = true,
         .no_prefetch = t->opts.no_prefetch,
+        .shard_count = keel_dist_size(t->dist),
+        .shard_index = keel_dist_rank(t->dist),
     };
+    int64_t global_batch = t->opts.batch * keel_dist_size(t->dist);
+    if (keel_dataset_size(t->opts.train) < global_batch)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the training set has %lld images, fewer than one global batch "
+                         "of %d ranks x %lld", (long long)keel_dataset_size(t->opts.train), keel_dist_size(t->dist),
+                         (long long)t->opts.batch);
     keel_status st = keel_loader_create(&t->train_loader, t->opts.train, &train);
     if (st == KEEL_OK && t->opts.test) {
         keel_loader_opts test = {.batch = t->opts.batch, .no_prefetch = t->opts.no_prefetch};
@@ -160,6 +169,35 @@ static keel_status create_loaders(keel_trainer *t)
     if (st == KEEL_OK)
         t->steps_per_epoch = keel_loader_batches(t->train_loader);
     return st;
+}
+
+/* Every rank starts from rank 0's parameters (they agree already when the
+ * seeds do; a broadcast makes it so whatever each rank was given). */
+static keel_status join_ranks(keel_trainer *t)
+{
+    keel_status st = keel_dist_create(&t->dist, t->plan, t->opts.dist_timeout);
+    if (st == KEEL_OK)
+        st = keel_dist_broadcast_params(t->dist);
+    return st == KEEL_OK ? st : keel_fail_prefix(st, "data parallelism: ");
+}
+
+/* "cuda" with data parallelism: the GPU of this rank's index among the
+ * ranks on its host, which the MPI launcher exports. */
+static char *rank_device(const keel_trainer_opts *o)
+{
+    const char *device = o->device ? o->device : "cpu";
+    if (!o->data_parallel || strcmp(device, "cuda") != 0)
+        return keel_strdup(device);
+    const char *names[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
+    int local = 0;
+    for (int i = 0; i < 3; i++)
+        if (getenv(names[i])) {
+            local = atoi(getenv(names[i]));
+            break;
+        }
+    char buf[32];
+    snprintf(buf, sizeof buf, "cuda:%d", local);
+    return keel_strdup(buf);
 }
 
 static keel_status create(keel_trainer *t)
@@ -177,6 +215,8 @@ static keel_status create(keel_trainer *t)
     }
     if (st == KEEL_OK)
         st = keel_optimizer_create(&t->optimizer, t->plan, &t->opts.optimizer);
+    if (st == KEEL_OK && t->opts.data_parallel)
+        st = join_ranks(t);
     if (st == KEEL_OK)
         st = create_loaders(t);
     if (st == KEEL_OK) {
@@ -204,7 +244,7 @@ keel_status keel_trainer_create(keel_trainer **out, keel_context *ctx, const kee
     t->ctx = ctx;
     t->opts = *opts;
     t->model_name = keel_strdup(opts->build ? (opts->model ? opts->model : "custom") : opts->model);
-    t->device = keel_strdup(opts->device ? opts->device : "cpu");
+    t->device = rank_device(opts);
     t->save_path = opts->save_path ? keel_strdup(opts->save_path) : NULL;
     if (!t->model_name || !t->device || (opts->save_path && !t->save_path))
         st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory creating the trainer");
@@ -227,6 +267,7 @@ void keel_trainer_destroy(keel_trainer *t)
         return;
     keel_loader_destroy(t->train_loader);
     keel_loader_destroy(t->test_loader);
+    keel_dist_destroy(t->dist);
     keel_optimizer_destroy(t->optimizer);
     keel_plan_destroy(t->plan);
     keel_graph_free(t->graph);
@@ -254,7 +295,7 @@ static float lr_at(const keel_trainer *t, int64_t step)
 
 static void report(const keel_trainer *t, keel_progress *p)
 {
-    if (t->opts.progress)
+    if (t->opts.progress && keel_dist_rank(t->dist) == 0)
         t->opts.progress(p, t->opts.progress_user);
 }
 
@@ -265,8 +306,12 @@ static keel_status train_step(keel_trainer *t, const float *images, const int32_
         st = keel_plan_set_input(t->plan, t->io.labels, labels);
     if (st == KEEL_OK)
         st = keel_plan_forward(t->plan, true);
+    if (st == KEEL_OK && t->dist)
+        keel_dist_begin_grads(t->dist);
     if (st == KEEL_OK)
         st = keel_plan_backward(t->plan);
+    if (st == KEEL_OK && t->dist)
+        st = keel_dist_finish_grads(t->dist);
     if (st == KEEL_OK)
         st = keel_optimizer_step(t->optimizer, lr);
     if (st == KEEL_OK)
@@ -303,6 +348,7 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
         return st;
     report(t, &p);
     double start = keel_train_now(), loss_sum = 0.0;
+    int64_t global_batch = t->opts.batch * keel_dist_size(t->dist);
     p.event = KEEL_PROGRESS_STEP;
     for (;;) {
         const float *images;
@@ -324,9 +370,15 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
         loss_sum += p.loss;
         p.mean_loss = loss_sum / (double)p.step;
         p.elapsed_seconds = keel_train_now() - start;
-        p.images_per_second = p.elapsed_seconds > 0 ? (double)(p.step * t->opts.batch) / p.elapsed_seconds : 0.0;
+        p.images_per_second = p.elapsed_seconds > 0 ? (double)(p.step * global_batch) / p.elapsed_seconds : 0.0;
         p.eta_seconds = p.elapsed_seconds / (double)p.step * (double)(p.steps - p.step);
         report(t, &p);
+    }
+    if (st == KEEL_OK && t->dist) {
+        /* Each rank's losses are means over its shard; the epoch's loss is
+         * their mean over the ranks. */
+        st = keel_dist_sum(t->dist, &loss_sum, 1);
+        p.mean_loss = p.step ? loss_sum / (double)keel_dist_size(t->dist) / (double)p.step : 0.0;
     }
     if (st != KEEL_OK)
         return st;
@@ -334,7 +386,7 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
     stats->epoch = p.epoch;
     stats->train_loss = p.mean_loss;
     stats->seconds = keel_train_now() - start;
-    stats->images_per_second = stats->seconds > 0 ? (double)(p.step * t->opts.batch) / stats->seconds : 0.0;
+    stats->images_per_second = stats->seconds > 0 ? (double)(p.step * global_batch) / stats->seconds : 0.0;
     stats->lr = p.lr;
     return KEEL_OK;
 }
@@ -358,6 +410,11 @@ keel_status keel_trainer_epoch(keel_trainer *t, keel_epoch_stats *out)
         .images_per_second = stats.images_per_second,
         .elapsed_seconds = stats.seconds,
     };
+    if (t->dist && (t->test_loader || t->save_path)) {
+        st = keel_dist_average_state(t->dist);
+        if (st != KEEL_OK)
+            return st;
+    }
     if (t->test_loader) {
         p.event = KEEL_PROGRESS_EVAL_BEGIN;
         report(t, &p);
@@ -370,7 +427,7 @@ keel_status keel_trainer_epoch(keel_trainer *t, keel_epoch_stats *out)
     }
     t->epochs_done++;
     st = add_history(t, &stats);
-    if (st == KEEL_OK && t->save_path)
+    if (st == KEEL_OK && t->save_path && keel_dist_rank(t->dist) == 0)
         st = keel_trainer_save(t, t->save_path);
     if (st != KEEL_OK)
         return st;
@@ -630,6 +687,8 @@ keel_graph *keel_trainer_graph(keel_trainer *t) { return t ? t->graph : NULL; }
 const keel_model_io *keel_trainer_model_io(const keel_trainer *t) { return t ? &t->io : NULL; }
 keel_optimizer *keel_trainer_optimizer(keel_trainer *t) { return t ? t->optimizer : NULL; }
 int64_t keel_trainer_steps_per_epoch(const keel_trainer *t) { return t ? t->steps_per_epoch : 0; }
+int keel_trainer_rank(const keel_trainer *t) { return t ? keel_dist_rank(t->dist) : 0; }
+int keel_trainer_ranks(const keel_trainer *t) { return t ? keel_dist_size(t->dist) : 1; }
 
 static size_t append(char *buf, size_t size, size_t used, const char *fmt, ...) KEEL_PRINTF(4, 5);
 static size_t append(char *buf, size_t size, size_t used, const char *fmt, ...)
@@ -669,18 +728,25 @@ const char *keel_trainer_describe(const keel_trainer *t, char *buf, size_t size)
     const keel_trainer_opts *o = &t->opts;
     const keel_optimizer_opts *opt = &o->optimizer;
     int64_t train_n = keel_dataset_size(o->train);
-    int64_t dropped = train_n - t->steps_per_epoch * o->batch;
+    int ranks = keel_dist_size(t->dist);
+    int64_t dropped = train_n - t->steps_per_epoch * o->batch * ranks;
     size_t used = 0;
     char a[32], b[32];
     used = append(buf, size, used, "model      %s: %s parameters, input %dx%dx%d, %lld classes\n", t->model_name,
                   grouped(keel_graph_param_count(t->graph), a, sizeof a), t->channels, t->height, t->width,
                   (long long)t->logits_classes);
     used = append(buf, size, used, "data       %s training images: %lld batches of %lld", grouped(train_n, b, sizeof b),
-                  (long long)t->steps_per_epoch, (long long)o->batch);
+                  (long long)t->steps_per_epoch, (long long)(o->batch * ranks));
     if (dropped > 0)
         used = append(buf, size, used, " (the last %lld of each shuffled epoch left out)", (long long)dropped);
     if (o->test)
         used = append(buf, size, used, "; %s test images", grouped(keel_dataset_size(o->test), a, sizeof a));
+    if (t->dist)
+        used = append(buf, size, used, "\nparallel   data-parallel over %d ranks: batch %lld per rank, an effective batch "
+                      "of %lld; gradients are averaged, so lr %g steps on the mean over %lld images (%g would keep "
+                      "a %lld-batch run's step per image); batch-norm statistics per rank, averaged before evaluating",
+                      ranks, (long long)o->batch, (long long)o->batch * ranks, (double)o->optimizer.lr,
+                      (long long)o->batch * ranks, (double)o->optimizer.lr * ranks, (long long)o->batch);
     if (t->mean) {
         used = append(buf, size, used, "\n           normalised with mean");
         for (int c = 0; c < t->channels; c++)
