@@ -86,6 +86,32 @@ typedef struct keel_cuda_pool_stats {
 } keel_cuda_pool_stats;
 
 void keel_cuda_pool_stats_get(keel_device *device, keel_cuda_pool_stats *stats);
+
+#ifdef KEEL_HAVE_NCCL
+/* ---- NCCL (nccl.c): collectives for data parallelism -----------------------------
+ * libnccl is opened at run time; without it every call here fails with
+ * KEEL_ERR_UNSUPPORTED and a message saying how to install it. Collectives
+ * are queued on a stream of their own after the work queued on the device's
+ * compute stream; keel_nccl_wait makes the compute stream continue after
+ * them. Every wait is bounded: past the timeout the communicator is aborted
+ * and the call fails, naming the rank. */
+#define KEEL_NCCL_ID_BYTES 128
+
+typedef struct keel_nccl keel_nccl;
+
+/* Whether libnccl can be opened here (a reason when not). */
+keel_status keel_nccl_probe(void);
+/* Rank 0 makes the communicator's id and sends it to the others (over MPI). */
+keel_status keel_nccl_unique_id(unsigned char id[KEEL_NCCL_ID_BYTES]);
+keel_status keel_nccl_open(keel_nccl **out, keel_device *device, const unsigned char id[KEEL_NCCL_ID_BYTES], int rank,
+                           int ranks, double timeout_seconds);
+void keel_nccl_close(keel_nccl *comm);
+/* In place: data becomes the mean over the ranks. */
+keel_status keel_nccl_all_reduce_mean(keel_nccl *comm, float *data, int64_t count, double timeout_seconds);
+/* In place: data becomes rank 0's. */
+keel_status keel_nccl_broadcast(keel_nccl *comm, float *data, int64_t count, double timeout_seconds);
+keel_status keel_nccl_wait(keel_nccl *comm, double timeout_seconds);
+#endif
 #endif
 
 #endif

@@ -6,6 +6,10 @@
 
 #ifdef KEEL_HAVE_MPI
 #include <mpi.h>
+#include <stdio.h>
+#ifdef KEEL_HAVE_NCCL
+#include "cuda/cuda.h"
+#endif
 
 /* About 4 MiB of gradients per all-reduce: large enough to run at network
  * speed, small enough that the first buckets finish early in the backward. */
@@ -25,8 +29,12 @@ struct keel_dist {
     bool we_initialised;
     bool failed;
     double timeout;
+    char error[512];        /* why failed is set */
     bool host_memory;       /* the gradient block is host memory (CPU) */
-    float *staging;         /* host copy of the gradients otherwise */
+    float *staging;         /* host copy of the gradients otherwise, without NCCL */
+#ifdef KEEL_HAVE_NCCL
+    keel_nccl *nccl;        /* GPU plans: collectives on the device, or NULL */
+#endif
     bucket *buckets;
     int n_buckets;
     int *bucket_of_node;    /* by node id: the bucket a finished node completes, -1 */
@@ -44,13 +52,22 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Remembers the first failure: it may happen on an executor thread, inside
+ * the backward pass, and is reported by keel_dist_finish_grads. */
+static keel_status failed(keel_dist *d, keel_status st)
+{
+    if (!d->failed)
+        snprintf(d->error, sizeof d->error, "%s", keel_last_error());
+    d->failed = true;
+    return st;
+}
+
 static keel_status mpi_error(keel_dist *d, int code, const char *what)
 {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
     MPI_Error_string(code, text, &len);
-    d->failed = true;
-    return keel_fail(KEEL_ERR_BACKEND, "rank %d: %s failed: %s", d->rank, what, text);
+    return failed(d, keel_fail(KEEL_ERR_BACKEND, "rank %d: %s failed: %s", d->rank, what, text));
 }
 
 /* Waits for requests, polling, for at most the timeout. */
@@ -64,12 +81,10 @@ static keel_status wait_all(keel_dist *d, int count, MPI_Request *requests, cons
             return mpi_error(d, rc, what);
         if (done)
             return KEEL_OK;
-        if (now() > deadline) {
-            d->failed = true;
-            return keel_fail(KEEL_ERR_BACKEND,
-                             "rank %d: %s did not finish within %.0f s; another rank has probably stopped", d->rank,
-                             what, d->timeout);
-        }
+        if (now() > deadline)
+            return failed(d, keel_fail(KEEL_ERR_BACKEND,
+                                       "rank %d: %s did not finish within %.0f s; another rank has probably stopped",
+                                       d->rank, what, d->timeout));
         struct timespec pause = {0, 50000};
         nanosleep(&pause, NULL);
     }
@@ -85,6 +100,16 @@ static void start_bucket(keel_dist *d, bucket *b)
     if (b->started || d->failed)
         return;
     keel_plan *plan = d->plan;
+    b->started = true;
+#ifdef KEEL_HAVE_NCCL
+    if (d->nccl) {
+        /* Queued behind the gradients on the device; NCCL averages. */
+        keel_status st = keel_nccl_all_reduce_mean(d->nccl, plan->grad_block + b->start, b->count, d->timeout);
+        if (st != KEEL_OK)
+            failed(d, st);
+        return;
+    }
+#endif
     if (!d->host_memory) {
         /* Stage through the host: the device has finished the bucket's
          * gradients once sync returns. */
@@ -96,7 +121,6 @@ static void start_bucket(keel_dist *d, bucket *b)
                             &b->request);
     if (rc != MPI_SUCCESS)
         mpi_error(d, rc, "starting a gradient all-reduce");
-    b->started = true;
 }
 
 /* The executor calls this after every backward node. */
@@ -154,6 +178,36 @@ static keel_status make_buckets(keel_dist *d)
     return KEEL_OK;
 }
 
+#ifdef KEEL_HAVE_NCCL
+/* Every rank agrees on NCCL or on MPI through the host: one rank without
+ * libnccl must not leave the others waiting in the communicator's setup. */
+static keel_status open_nccl(keel_dist *d)
+{
+    int usable = keel_nccl_probe() == KEEL_OK, everywhere = 0;
+    char reason[256];
+    snprintf(reason, sizeof reason, "%s", usable ? "" : keel_last_error());
+    int rc = MPI_Allreduce(&usable, &everywhere, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (rc != MPI_SUCCESS)
+        return mpi_error(d, rc, "agreeing on NCCL");
+    if (!everywhere) {
+        keel_context_log(d->plan->ctx, KEEL_LOG_WARN, "rank %d: gradients go through host memory and MPI, not "
+                         "NCCL: %s", d->rank, usable ? "another rank cannot open libnccl" : reason);
+        return KEEL_OK;
+    }
+    unsigned char id[KEEL_NCCL_ID_BYTES] = {0};
+    int have_id = d->rank != 0 || keel_nccl_unique_id(id) == KEEL_OK;
+    rc = MPI_Bcast(&have_id, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Bcast(id, KEEL_NCCL_ID_BYTES, MPI_BYTE, 0, MPI_COMM_WORLD);
+    if (rc != MPI_SUCCESS)
+        return mpi_error(d, rc, "sending the NCCL id");
+    if (!have_id)
+        return failed(d, keel_fail(KEEL_ERR_BACKEND, "rank %d: rank 0 could not create an NCCL id", d->rank));
+    keel_status st = keel_nccl_open(&d->nccl, d->plan->device, id, d->rank, d->size, d->timeout);
+    return st == KEEL_OK ? st : failed(d, st);
+}
+#endif
+
 keel_status keel_dist_create(keel_dist **out, keel_plan *plan, double timeout_seconds)
 {
     *out = NULL;
@@ -179,14 +233,25 @@ keel_status keel_dist_create(keel_dist **out, keel_plan *plan, double timeout_se
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->size);
     d->host_memory = plan->backend == &keel_cpu_backend;
+    keel_status st = KEEL_OK;
+#ifdef KEEL_HAVE_NCCL
+    if (!d->host_memory)
+        st = open_nccl(d);
+    if (st != KEEL_OK) {
+        keel_dist_destroy(d);
+        return st;
+    }
+    if (!d->host_memory && !d->nccl) {
+#else
     if (!d->host_memory) {
+#endif
         d->staging = keel_aligned_alloc((size_t)(plan->param_floats + 16) * sizeof(float));
         if (!d->staging) {
             keel_dist_destroy(d);
             return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for gradient staging");
         }
     }
-    keel_status st = make_buckets(d);
+    st = make_buckets(d);
     if (st != KEEL_OK) {
         keel_dist_destroy(d);
         return st;
@@ -205,6 +270,9 @@ void keel_dist_destroy(keel_dist *d)
         d->plan->on_backward_node = NULL;
         d->plan->on_backward_user = NULL;
     }
+#ifdef KEEL_HAVE_NCCL
+    keel_nccl_close(d->nccl);
+#endif
     if (d->failed) {
         /* A peer is gone or broken: finalising would wait for it forever.
          * Aborting ends the whole job now, which is what mpirun reports. */
@@ -266,6 +334,16 @@ static keel_status block_collective(keel_dist *d, float *block, int64_t count, b
 
 keel_status keel_dist_broadcast_params(keel_dist *d)
 {
+#ifdef KEEL_HAVE_NCCL
+    if (d->nccl) {
+        keel_status st = keel_nccl_broadcast(d->nccl, d->plan->param_block, d->plan->param_floats, d->timeout);
+        if (st == KEEL_OK && d->plan->state_floats)
+            st = keel_nccl_broadcast(d->nccl, d->plan->state_block, d->plan->state_floats, d->timeout);
+        if (st == KEEL_OK)
+            st = keel_nccl_wait(d->nccl, d->timeout);
+        return st == KEEL_OK ? st : failed(d, st);
+    }
+#endif
     keel_status st = block_collective(d, d->plan->param_block, d->plan->param_floats, true, 1.0f,
                                       "broadcasting the parameters");
     if (st == KEEL_OK)
@@ -276,6 +354,16 @@ keel_status keel_dist_broadcast_params(keel_dist *d)
 
 keel_status keel_dist_average_state(keel_dist *d)
 {
+#ifdef KEEL_HAVE_NCCL
+    if (d->nccl) {
+        if (!d->plan->state_floats)
+            return KEEL_OK;
+        keel_status st = keel_nccl_all_reduce_mean(d->nccl, d->plan->state_block, d->plan->state_floats, d->timeout);
+        if (st == KEEL_OK)
+            st = keel_nccl_wait(d->nccl, d->timeout);
+        return st == KEEL_OK ? st : failed(d, st);
+    }
+#endif
     return block_collective(d, d->plan->state_block, d->plan->state_floats, false, 1.0f / (float)d->size,
                             "averaging the running statistics");
 }
@@ -291,10 +379,16 @@ void keel_dist_begin_grads(keel_dist *d)
 
 keel_status keel_dist_finish_grads(keel_dist *d)
 {
-    if (d->failed)
-        return keel_fail(KEEL_ERR_BACKEND, "rank %d: an earlier gradient all-reduce failed", d->rank);
     for (int i = 0; i < d->n_buckets; i++)
         start_bucket(d, &d->buckets[i]); /* those held back by late gradients */
+    if (d->failed)
+        return keel_fail(KEEL_ERR_BACKEND, "%s", d->error);
+#ifdef KEEL_HAVE_NCCL
+    if (d->nccl) {
+        keel_status st = keel_nccl_wait(d->nccl, d->timeout);
+        return st == KEEL_OK ? st : failed(d, st);
+    }
+#endif
     MPI_Request *requests = malloc((size_t)(d->n_buckets ? d->n_buckets : 1) * sizeof *requests);
     if (!requests)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
