@@ -52,6 +52,18 @@ typedef struct keel_backend {
      * strict_fp32, autotune); called before the plan's prepare calls. NULL:
      * the backend has nothing to choose. */
     keel_status (*configure)(keel_device *device, const keel_plan_opts *opts);
+    /* Devices of one plan that queue their work (CUDA streams): an event
+     * is a marker that event_record puts in the device's queue behind the
+     * work queued so far, and event_wait makes the device's later work wait
+     * until the marker has passed, whichever device queued it. NULL where a
+     * device's work is done when the call returns (CPU). */
+    keel_status (*event_create)(keel_device *device, void **event);
+    void (*event_destroy)(keel_device *device, void *event);
+    keel_status (*event_record)(keel_device *device, void *event);
+    keel_status (*event_wait)(keel_device *device, void *event);
+    /* Lets kernels on `device` read and write `peer`'s memory (two GPUs of
+     * one plan); nothing to do for two queues on one GPU. */
+    keel_status (*connect_peer)(keel_device *device, keel_device *peer);
     keel_prepare_fn prepare[KEEL_OP_COUNT];   /* NULL: no workspace, no algorithm */
     void (*release_algo)(keel_device *device, void *algo);
     keel_kernel_fn run[KEEL_OP_COUNT];         /* NULL: op unsupported */

@@ -602,12 +602,62 @@ static void test_lenet5_learns(void **state)
     assert_true(fabs(last - cpu_last) < 0.15 * cpu_last + 0.05);
 }
 
+/* Defined by libkeel only when it was built with CUDA. */
+extern const keel_backend keel_cuda_backend __attribute__((weak));
+
+/* ---- model parallelism: placement groups on streams and GPUs ---------------------------------------------
+ * AlexNet's two towers in miniature: each tower on its own placement group,
+ * joined by a concat and a convolution that reads both. On "cuda:0,cuda:0"
+ * the towers run on two streams of one GPU, on "cuda:0,cuda:1" on two GPUs
+ * reading each other's memory; either must compute what one stream does. */
+static void build_towers(built *b)
+{
+    keel_node *x = add_input(b, "x", 4, (int64_t[]){4, 3, 12, 12}, true);
+    keel_node *labels = add_labels(b, 4, 10);
+    keel_conv2d_opts c3 = conv_opts(3, 1, 1, 1, 1);
+    keel_node *towers[2];
+    for (int t = 0; t < 2; t++) {
+        int previous = keel_graph_on_device(b->g, t);
+        char name[32];
+        snprintf(name, sizeof name, "tower%d.conv", t);
+        keel_node *h = keel_relu(b->g, NULL, keel_conv2d(b->g, name, x, 4, &c3));
+        snprintf(name, sizeof name, "tower%d.bn", t);
+        h = keel_batch_norm(b->g, name, h, NULL);
+        snprintf(name, sizeof name, "tower%d.pool", t);
+        keel_pool2d_opts p2 = pool_opts(2, 2, 0, false, false);
+        towers[t] = keel_max_pool2d(b->g, name, h, &p2);
+        keel_graph_on_device(b->g, previous);
+    }
+    keel_node *h = keel_relu(b->g, NULL, keel_conv2d(b->g, "across", keel_concat(b->g, "join", 2, towers), 6, &c3));
+    keel_node *logits = keel_linear(b->g, "fc", keel_flatten(b->g, "flat", h), 10, NULL);
+    add_output(b, logits);
+    finish_loss(b, keel_softmax_cross_entropy(b->g, "loss", logits, labels));
+}
+
+static void test_towers_on_streams_and_gpus(void **state)
+{
+    (void)state;
+    need_gpu();
+    const char *splits[] = {"cuda:0,cuda:0", "cuda:0,cuda:1"};
+    int gpus = keel_cuda_backend.device_count();
+    for (int k = 0; k < (gpus >= 2 ? 2 : 1); k++) {
+        result one = {0}, split = {0};
+        run_on(build_towers, "cuda:0", true, &one);
+        run_on(build_towers, splits[k], true, &split);
+        char what[64];
+        snprintf(what, sizeof what, "towers on %s vs cuda:0:", splits[k]);
+        compare(what, &one, &split, 1e-5);
+        result_free(&one);
+        result_free(&split);
+    }
+    if (gpus < 2)
+        printf("one GPU: cuda:0,cuda:1 not run\n");
+}
+
 /* ---- without a GPU ----------------------------------------------------------------------------------------
  * The table is complete (every op the CPU runs has a CUDA kernel), and a
  * plan for cuda:0 on a machine without one fails at compile time, saying so. */
 
-/* Defined by libkeel only when it was built with CUDA. */
-extern const keel_backend keel_cuda_backend __attribute__((weak));
 
 static void test_cuda_table_complete(void **state)
 {
@@ -622,6 +672,11 @@ static void test_cuda_table_complete(void **state)
             fail_msg("op %d runs on the CPU but has no CUDA kernel", op);
     assert_non_null(keel_cuda_backend.sgd_update);
     assert_non_null(keel_cuda_backend.adam_update);
+    /* Several streams and GPUs in one plan. */
+    assert_non_null(keel_cuda_backend.event_create);
+    assert_non_null(keel_cuda_backend.event_record);
+    assert_non_null(keel_cuda_backend.event_wait);
+    assert_non_null(keel_cuda_backend.connect_peer);
     assert_true(keel_cuda_backend.device_count() >= 0);
 }
 
@@ -657,6 +712,7 @@ int main(void)
         cmocka_unit_test(test_losses),
         cmocka_unit_test(test_bad_label),
         cmocka_unit_test(test_lenet5_learns),
+        cmocka_unit_test(test_towers_on_streams_and_gpus),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

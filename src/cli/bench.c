@@ -240,9 +240,11 @@ static int run_bench(const bench_setup *b, keel_model_opts *mo)
                            1e3 * t.copy_seconds / b->iters);
                     busy += t.compute_seconds / b->iters;
                 }
-                printf("  step %.3f ms; devices busy %.0f%% of it together (100%% = no overlap); no copies: "
-                       "logical CPU devices share host memory\n",
-                       1e3 * profiled_wall, profiled_wall > 0 ? 100.0 * busy / profiled_wall : 0.0);
+                bool gpus = strncmp(b->device, "cuda", 4) == 0;
+                printf("  step %.3f ms; devices busy %.0f%% of it together (100%% = no overlap); no copies: %s\n",
+                       1e3 * profiled_wall, profiled_wall > 0 ? 100.0 * busy / profiled_wall : 0.0,
+                       gpus ? "the GPUs read each other's memory peer to peer (one GPU: shared memory)"
+                            : "logical CPU devices share host memory");
             }
         }
     }

@@ -300,6 +300,69 @@ keel_status keel_cudnn_deviceprop_json(int index, char *buf, size_t size)
     return st;
 }
 
+/* ---- several streams and GPUs in one plan ---------------------------------------------------- */
+
+static keel_status cuda_event_create(keel_device *d, void **event)
+{
+    keel_status st = keel_cuda_enter(d);
+    if (st != KEEL_OK)
+        return st;
+    cudaEvent_t e = NULL;
+    KEEL_CUDA_TRY(d->name, cudaEventCreateWithFlags, (&e, cudaEventDisableTiming));
+    *event = e;
+    return KEEL_OK;
+}
+
+static void cuda_event_destroy(keel_device *d, void *event)
+{
+    if (event && keel_cuda_enter(d) == KEEL_OK)
+        cudaEventDestroy((cudaEvent_t)event);
+}
+
+static keel_status cuda_event_record(keel_device *d, void *event)
+{
+    keel_status st = keel_cuda_enter(d);
+    if (st != KEEL_OK)
+        return st;
+    KEEL_CUDA_TRY(d->name, cudaEventRecord, ((cudaEvent_t)event, d->stream));
+    return KEEL_OK;
+}
+
+static keel_status cuda_event_wait(keel_device *d, void *event)
+{
+    keel_status st = keel_cuda_enter(d);
+    if (st != KEEL_OK)
+        return st;
+    KEEL_CUDA_TRY(d->name, cudaStreamWaitEvent, (d->stream, (cudaEvent_t)event, 0));
+    return KEEL_OK;
+}
+
+/* Kernels on d read their inputs where the other GPU wrote them, over
+ * NVLink or PCIe: no staging copies, and the planner already keeps a buffer
+ * another device reads alive until the end of the step. */
+static keel_status cuda_connect_peer(keel_device *d, keel_device *peer)
+{
+    if (d->ordinal == peer->ordinal)
+        return KEEL_OK;
+    keel_status st = keel_cuda_enter(d);
+    if (st != KEEL_OK)
+        return st;
+    int can = 0;
+    KEEL_CUDA_TRY(d->name, cudaDeviceCanAccessPeer, (&can, d->ordinal, peer->ordinal));
+    if (!can)
+        return keel_fail(KEEL_ERR_UNSUPPORTED, "%s cannot access the memory of %s directly (no peer-to-peer path "
+                         "between them); split the model over GPUs that have one (nvidia-smi topo -m shows them), "
+                         "or over two streams of one GPU (--devices %s,%s)", d->name, peer->name, d->name, d->name);
+    cudaError_t err = cudaDeviceEnablePeerAccess(peer->ordinal, 0);
+    if (err == cudaErrorPeerAccessAlreadyEnabled) {
+        cudaGetLastError(); /* not an error here; clear it */
+        return KEEL_OK;
+    }
+    if (err != cudaSuccess)
+        return keel_cuda_fail(err, "cudaDeviceEnablePeerAccess", d->name);
+    return KEEL_OK;
+}
+
 /* ---- the table ------------------------------------------------------------------------------- */
 
 const keel_backend keel_cuda_backend = {
@@ -316,6 +379,11 @@ const keel_backend keel_cuda_backend = {
     .sync = cuda_sync,
     .memory_info = cuda_memory_info,
     .configure = keel_cuda_configure,
+    .event_create = cuda_event_create,
+    .event_destroy = cuda_event_destroy,
+    .event_record = cuda_event_record,
+    .event_wait = cuda_event_wait,
+    .connect_peer = cuda_connect_peer,
     .prepare = {
         [KEEL_OP_CONV2D] = keel_cuda_conv_prepare,
         [KEEL_OP_CONV2D_BWD_DATA] = keel_cuda_conv_prepare,

@@ -49,6 +49,11 @@ static keel_status run_node(keel_plan *plan, int s, bool training)
             dev->busy_seconds += seconds;
         }
     }
+    if (plan->node_events && plan->node_events[s]) {
+        keel_status st = dev->backend->event_record(dev->device, plan->node_events[s]);
+        if (st != KEEL_OK)
+            return st;
+    }
     if (plan->poison_dead)
         for (const keel_poison *d = plan->dying[s]; d->ptr; d++)
             dev->backend->fill(dev->device, d->ptr, NAN, (size_t)d->count);
@@ -98,6 +103,24 @@ static bool wait_for_deps(keel_workers *w, const keel_plan *plan, int s, uint64_
     return true;
 }
 
+/* On devices that queue their work, a node queued after its inputs' nodes
+ * were queued must still wait on the device until they have run. Nodes of
+ * earlier ranges are ordered by the range's start event. */
+static keel_status queue_waits(const keel_workers *w, const keel_plan *plan, int s)
+{
+    if (!plan->node_events)
+        return KEEL_OK;
+    const keel_plan_device *dev = &plan->devices[plan->device_of[s]];
+    for (const int *q = plan->cross_deps[s]; *q >= 0; q++) {
+        if (*q < w->begin || *q >= w->end)
+            continue;
+        keel_status st = dev->backend->event_wait(dev->device, plan->node_events[*q]);
+        if (st != KEEL_OK)
+            return st;
+    }
+    return KEEL_OK;
+}
+
 static void *worker_main(void *arg_v)
 {
     worker_arg *arg = arg_v;
@@ -120,7 +143,9 @@ static void *worker_main(void *arg_v)
                 break;
             bool training = w->training;
             pthread_mutex_unlock(&w->lock);
-            keel_status st = run_node(plan, s, training);
+            keel_status st = queue_waits(w, plan, s);
+            if (st == KEEL_OK)
+                st = run_node(plan, s, training);
             pthread_mutex_lock(&w->lock);
             if (st != KEEL_OK && !w->failed) {
                 w->failed = true;
@@ -185,9 +210,40 @@ void keel_workers_stop(keel_plan *plan)
     plan->workers = NULL;
 }
 
+/* Devices that queue their work: every device starts the range after what
+ * devices[0] has queued before it (inputs, parameter updates), and
+ * devices[0] continues after every device's part of it (the optimiser reads
+ * their gradients), so ranges and steps stay ordered on the devices as they
+ * are on the host. */
+static keel_status fork_queues(keel_plan *plan)
+{
+    const keel_backend *be = plan->backend;
+    keel_status st = be->event_record(plan->devices[0].device, plan->start_event);
+    for (int d = 1; d < plan->n_devices && st == KEEL_OK; d++)
+        st = be->event_wait(plan->devices[d].device, plan->start_event);
+    return st;
+}
+
+static keel_status join_queues(keel_plan *plan)
+{
+    const keel_backend *be = plan->backend;
+    keel_status st = KEEL_OK;
+    for (int d = 1; d < plan->n_devices && st == KEEL_OK; d++) {
+        st = be->event_record(plan->devices[d].device, plan->end_events[d]);
+        if (st == KEEL_OK)
+            st = be->event_wait(plan->devices[0].device, plan->end_events[d]);
+    }
+    return st;
+}
+
 static keel_status run_on_workers(keel_plan *plan, int begin, int end, bool training)
 {
     keel_workers *w = plan->workers;
+    if (plan->node_events) {
+        keel_status st = fork_queues(plan);
+        if (st != KEEL_OK)
+            return st;
+    }
     pthread_mutex_lock(&w->lock);
     w->begin = begin;
     w->end = end;
@@ -202,6 +258,8 @@ static keel_status run_on_workers(keel_plan *plan, int begin, int end, bool trai
     if (w->failed)
         keel_fail(st, "%s", w->error);
     pthread_mutex_unlock(&w->lock);
+    if (st == KEEL_OK && plan->node_events)
+        st = join_queues(plan);
     return st;
 }
 

@@ -109,23 +109,25 @@ static keel_status open_devices(keel_plan *plan, const char *spec)
         if (st != KEEL_OK)
             return st;
         snprintf(dev->name, sizeof dev->name, "%s:%d", dev->backend->name, index);
+        int repeats = 0; /* a GPU named again is another stream on it */
         for (int e = 0; e < d; e++) {
-            if (strcmp(plan->devices[e].name, dev->name) == 0)
-                return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "devices '%s' name %s twice", devices, dev->name);
             if (plan->devices[e].backend != dev->backend)
                 return keel_fail(KEEL_ERR_UNSUPPORTED, "devices '%s' mix %s and %s; use devices of one kind",
                                  devices, plan->devices[e].backend->name, dev->backend->name);
+            if (strncmp(plan->devices[e].name, dev->name, strlen(dev->name)) == 0 &&
+                (plan->devices[e].name[strlen(dev->name)] == '\0' || plan->devices[e].name[strlen(dev->name)] == '.'))
+                repeats++;
         }
-        if (n > 1 && dev->backend != &keel_cpu_backend)
-            return keel_fail(KEEL_ERR_UNSUPPORTED,
-                             "devices '%s': splitting one model over several %s devices is not supported in this "
-                             "version; use one GPU, or cpu:0,cpu:1 for model parallelism",
-                             devices, dev->backend->name);
+        if (repeats && !dev->backend->event_create)
+            return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "devices '%s' name %s twice", devices, dev->name);
+        if (repeats)
+            snprintf(dev->name + strlen(dev->name), sizeof dev->name - strlen(dev->name), ".%d", repeats);
         if (n == 1) {
             st = keel_context_device(plan->ctx, dev->backend, index, &dev->device);
         } else {
             /* Logical CPU devices share the host: each gets its own share of
-             * the cores, its own thread and its own arena. */
+             * the cores, its own thread and its own arena. A GPU device gets
+             * its own stream and library handles. */
             int threads = keel_context_threads(plan->ctx) / n;
             st = dev->backend->open(&dev->device, index, threads > 0 ? threads : 1);
             dev->owned = st == KEEL_OK;
@@ -138,6 +140,15 @@ static keel_status open_devices(keel_plan *plan, const char *spec)
     plan->backend = plan->devices[0].backend;
     plan->device = plan->devices[0].device;
     plan->device_index = 0;
+    /* Parameters and inputs live on devices[0]; every device reads the
+     * others' memory where they are different GPUs. */
+    for (int a = 0; a < n && plan->backend->connect_peer; a++)
+        for (int b = 0; b < n; b++) {
+            keel_status st = a == b ? KEEL_OK
+                                    : plan->backend->connect_peer(plan->devices[a].device, plan->devices[b].device);
+            if (st != KEEL_OK)
+                return st;
+        }
     return KEEL_OK;
 }
 
@@ -224,6 +235,44 @@ static keel_status list_cross_deps(keel_plan *plan)
         plan->cross_deps[s] = deps;
     }
     return KEEL_OK;
+}
+
+/* Devices that queue their work order it with events: one after each node
+ * another device reads, and one per device to start and end each range. */
+static keel_status create_events(keel_plan *plan)
+{
+    const keel_backend *be = plan->backend;
+    if (plan->n_devices < 2 || !be->event_create)
+        return KEEL_OK;
+    plan->node_events = calloc((size_t)plan->n_sched + 1, sizeof *plan->node_events);
+    plan->end_events = calloc((size_t)plan->n_devices, sizeof *plan->end_events);
+    if (!plan->node_events || !plan->end_events)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for device events");
+    keel_status st = be->event_create(plan->devices[0].device, &plan->start_event);
+    for (int d = 0; d < plan->n_devices && st == KEEL_OK; d++)
+        st = be->event_create(plan->devices[d].device, &plan->end_events[d]);
+    for (int s = 0; s < plan->n_sched && st == KEEL_OK; s++)
+        for (const int *q = plan->cross_deps[s]; *q >= 0 && st == KEEL_OK; q++)
+            if (!plan->node_events[*q])
+                st = be->event_create(plan->devices[plan->device_of[*q]].device, &plan->node_events[*q]);
+    return st;
+}
+
+static void destroy_events(keel_plan *plan)
+{
+    const keel_backend *be = plan->backend;
+    if (!be || !be->event_destroy)
+        return;
+    for (int s = 0; plan->node_events && s < plan->n_sched; s++)
+        if (plan->node_events[s])
+            be->event_destroy(plan->devices[plan->device_of[s]].device, plan->node_events[s]);
+    for (int d = 0; plan->end_events && d < plan->n_devices; d++)
+        if (plan->end_events[d])
+            be->event_destroy(plan->devices[d].device, plan->end_events[d]);
+    if (plan->start_event)
+        be->event_destroy(plan->devices[0].device, plan->start_event);
+    free(plan->node_events);
+    free(plan->end_events);
 }
 
 /* ---- parameters ---------------------------------------------------------- */
@@ -704,6 +753,8 @@ static keel_status compile(planner *pl, const keel_plan_opts *opts)
     if (st == KEEL_OK)
         st = list_cross_deps(plan);
     if (st == KEEL_OK)
+        st = create_events(plan);
+    if (st == KEEL_OK)
         st = layout_params(pl);
     if (st == KEEL_OK)
         st = assign_buffers(pl);
@@ -774,6 +825,10 @@ void keel_plan_destroy(keel_plan *plan)
     if (!plan)
         return;
     keel_workers_stop(plan);
+    for (int d = 0; d < plan->n_devices; d++)
+        if (plan->devices[d].device && plan->devices[d].backend->sync)
+            plan->devices[d].backend->sync(plan->devices[d].device);
+    destroy_events(plan);
     for (int d = 0; d < plan->n_devices; d++) {
         keel_plan_device *dev = &plan->devices[d];
         if (!dev->device)

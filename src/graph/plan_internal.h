@@ -62,6 +62,13 @@ struct keel_plan {
     keel_poison **dying;          /* by schedule position, ptr NULL ends; when poison_dead */
     bool poison_dead;
     keel_workers *workers;        /* one thread per device, when there are several */
+    /* Devices that queue work (CUDA streams), when there are several: by
+     * position, the event recorded after a node another device reads (NULL
+     * for the rest); by device, the event that ends its part of a range, and
+     * on devices[0] the one that starts a range. */
+    void **node_events;
+    void **end_events;
+    void *start_event;
 
     int64_t arena_bytes, tensor_bytes, workspace_bytes; /* summed over devices */
 
