@@ -14,9 +14,13 @@
 #       profile, runs the GPU-free cuDNN tier against it, the CUDA op tests,
 #       the op tests of every area on cuda:0 (KEEL_TEST_DEVICES), times
 #       LeNet-5 training (keel on cuda:0, PyTorch on the same GPU when it is
-#       installed, keel on the CPU), and last runs the long training and
-#       model-zoo tests on cuda:0. About 5 minutes; give the device call
-#       timeout_s 600. Logs go to $OUT as gpu-check.log, logs.tar.gz, the
+#       installed, keel on the CPU), the zoo against PyTorch on the same GPU
+#       (benchmarks/gpu_vs_pytorch.py: alexnet b128, vgg16 b64, resnet50 b128,
+#       IEEE fp32 and TF32), AlexNet's towers on one stream against two
+#       streams (model parallelism), and last the long training and
+#       model-zoo tests on cuda:0. Steps that would pass the deadline
+#       (GPU_CHECK_SECONDS, default 540 s after the start) are skipped and
+#       listed as such; give the device call timeout_s 600. Logs go to $OUT as gpu-check.log, logs.tar.gz, the
 #       real device profile and a CSV of cuDNN workspaces (the device tool
 #       returns at most 8 files); a short table is printed last.
 #
@@ -102,6 +106,16 @@ SUMMARY=()
 KEEL_LIBS=""
 
 note() { echo "== $*"; }
+STARTED=$(date +%s)
+DEADLINE=$((STARTED + ${GPU_CHECK_SECONDS:-540}))
+# True when `need` seconds are left before the deadline; records a skip otherwise.
+time_left() {
+    local need="$1" what="$2"
+    if [ $(( $(date +%s) + need )) -gt "$DEADLINE" ]; then
+        record "$what" "skipped: would pass the ${GPU_CHECK_SECONDS:-540} s deadline"
+        return 1
+    fi
+}
 record() { SUMMARY+=("$(printf '%-44s %s' "$1" "$2")"); }
 
 # Folders holding libcudnn / libcublas / libcudart: the loader's cache, the
@@ -284,8 +298,28 @@ run() {
         record "keel bench lenet5 cuda:0" "rc=$? (logs/bench-lenet5.log)"
     fi
 
+    note "the zoo against PyTorch on the same GPU"
+    if command -v python3 >/dev/null && time_left 200 "gpu_vs_pytorch"; then
+        timeout 240 python3 "$ROOT/benchmarks/gpu_vs_pytorch.py" --keel "$ROOT/$BUILD/src/cli/keel" \
+            --keel-library-path "$KEEL_LIBS" --timeout 120 --markdown "$OUT/gpu-vs-pytorch.md" >"$LOGS/gpu-vs-pytorch.log" 2>&1 \
+            < /dev/null
+        record "zoo vs pytorch (gpu_vs_pytorch.py)" "rc=$? (\$OUT/gpu-vs-pytorch.md)"
+        grep -E '^[a-z0-9]+ b[0-9]+ ' "$LOGS/gpu-vs-pytorch.log" | while read -r line; do record "  $line" ""; done
+        grep -E '^[a-z0-9]+ b[0-9]+ ' "$LOGS/gpu-vs-pytorch.log"
+    fi
+
+    note "model parallelism: AlexNet's towers on one stream and on two"
+    local split
+    for split in cuda:0 cuda:0,cuda:0; do
+        time_left 60 "alexnet towers on $split" || continue
+        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$BUILD/src/cli/keel" bench --model alexnet --batch 128 \
+            --device "$split" --iters 10 >"$LOGS/bench-alexnet-$split.log" 2>&1
+        record "alexnet b128 on $split" "rc=$? $(grep -E 'training step' "$LOGS/bench-alexnet-$split.log" | head -1)"
+    done
+
     note "the long tests on cuda:0 (training, the model zoo)"
     for name in train models; do
+        time_left 150 "test $name-on-cuda" || continue
         TAG=-on-cuda run_test "$name" 150 KEEL_TEST_DEVICES=cuda:0 KEEL_DATA_DIR="$CARRY/fashion-mnist"
     done
 
