@@ -263,6 +263,11 @@ static void test_avg_pool_padding(void **state)
     (void)state;
     pool_case plain = {"avg_pool2d[2x2/2]", POOL_AVG, {2, 3, 6, 8}, keel_pool_opts(2, 2, 0), 3, 4};
     run_pool_case(&plain);
+    /* Tiling windows that leave the last row and column unread (dx 0 there). */
+    pool_case remainder = {"avg_pool2d[2x2/2 on 7x9]", POOL_AVG, {2, 3, 7, 9}, keel_pool_opts(2, 2, 0), 3, 4};
+    run_pool_case(&remainder);
+    pool_case tiles3 = {"avg_pool2d[3x3/3]", POOL_AVG, {1, 2, 9, 6}, keel_pool_opts(3, 3, 0), 3, 2};
+    run_pool_case(&tiles3);
     pool_case include = {"avg_pool2d[3x3/2 pad 1 include_pad]", POOL_AVG, {2, 3, 7, 6}, keel_pool_opts(3, 2, 1),
                          4, 3};
     run_pool_case(&include);

@@ -106,6 +106,49 @@ keel_status keel_cpu_max_pool2d_bwd(const keel_launch *l)
     return KEEL_OK;
 }
 
+/* Windows that tile the plane (kernel = stride, no padding), as LeNet-5's
+ * 2x2 average pooling: no window is clipped and every input feeds at most
+ * one output, so neither pass needs the per-window bookkeeping. */
+static bool windows_tile(const pool_geom *p)
+{
+    return p->a.kernel_h == p->a.stride_h && p->a.kernel_w == p->a.stride_w && p->a.pad_h == 0 &&
+           p->a.pad_w == 0 && p->out_h * p->a.kernel_h <= p->in_h && p->out_w * p->a.kernel_w <= p->in_w;
+}
+
+static void avg_pool_tiles(const pool_geom *p, const float *xp, float *yp)
+{
+    int kh = p->a.kernel_h, kw = p->a.kernel_w;
+    float divisor = (float)(kh * kw);
+    for (int64_t oh = 0; oh < p->out_h; oh++) {
+        const float *rows = xp + oh * kh * p->in_w;
+        for (int64_t ow = 0; ow < p->out_w; ow++) {
+            const float *window = rows + ow * kw;
+            float sum = 0.0f;
+            for (int h = 0; h < kh; h++)
+                for (int w = 0; w < kw; w++)
+                    sum += window[h * p->in_w + w];
+            yp[oh * p->out_w + ow] = sum / divisor;
+        }
+    }
+}
+
+static void avg_pool_tiles_bwd(const pool_geom *p, const float *dyp, float *dxp)
+{
+    int kh = p->a.kernel_h, kw = p->a.kernel_w;
+    float divisor = (float)(kh * kw);
+    if (p->out_h * kh != p->in_h || p->out_w * kw != p->in_w) /* rows or columns no window reads */
+        memset(dxp, 0, (size_t)(p->in_h * p->in_w) * sizeof *dxp);
+    for (int64_t oh = 0; oh < p->out_h; oh++) {
+        float *rows = dxp + oh * kh * p->in_w;
+        for (int64_t ow = 0; ow < p->out_w; ow++) {
+            float share = dyp[oh * p->out_w + ow] / divisor;
+            for (int h = 0; h < kh; h++)
+                for (int w = 0; w < kw; w++)
+                    rows[h * p->in_w + ow * kw + w] = share;
+        }
+    }
+}
+
 keel_status keel_cpu_avg_pool2d(const keel_launch *l)
 {
     const keel_node *node = l->node;
@@ -113,6 +156,12 @@ keel_status keel_cpu_avg_pool2d(const keel_launch *l)
     const float *x = l->in[0];
     float *y = l->out;
     int threads = keel_cpu_threads(l->device);
+    if (windows_tile(&p)) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t plane = 0; plane < p.planes; plane++)
+            avg_pool_tiles(&p, x + plane * p.in_h * p.in_w, y + plane * p.out_h * p.out_w);
+        return KEEL_OK;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t plane = 0; plane < p.planes; plane++) {
         const float *xp = x + plane * p.in_h * p.in_w;
@@ -139,6 +188,12 @@ keel_status keel_cpu_avg_pool2d_bwd(const keel_launch *l)
     const float *dy = l->in[0];
     float *dx = l->out;
     int threads = keel_cpu_threads(l->device);
+    if (windows_tile(&p)) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t plane = 0; plane < p.planes; plane++)
+            avg_pool_tiles_bwd(&p, dy + plane * p.out_h * p.out_w, dx + plane * p.in_h * p.in_w);
+        return KEEL_OK;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t plane = 0; plane < p.planes; plane++) {
         float *dxp = dx + plane * p.in_h * p.in_w;
