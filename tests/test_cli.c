@@ -1,12 +1,14 @@
 /* The keel program, run as a user runs it: help and usage, exit codes,
- * error messages, `keel info`'s table, and a short training run that
- * writes a checkpoint and a chart which `keel eval` then reads. */
+ * error messages, `keel info`'s table, a short training run that writes a
+ * checkpoint and a chart which `keel eval` then reads, and the same on a
+ * small tree of PNGs (folder, packed shards, ten-crop evaluation). */
 #include "support/support.h"
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -121,7 +123,8 @@ static void test_command_help_lists_every_flag(void **state)
     assert_int_equal(r.status, 0);
     const char *flags[] = {"--model", "--epochs", "--batch", "--lr", "--momentum", "--weight-decay", "--optimizer",
                            "--schedule", "--warmup", "--seed", "--threads", "--device", "--data", "--dataset",
-                           "--subset", "--save", "--resume", "--plot", "--progress"};
+                           "--subset", "--save", "--resume", "--plot", "--progress", "--val", "--workers", "--crop",
+                           "--augment", "--lighting", "--mean-image", "--ten-crop", "--short-side"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         expect(&r, flags[i]);
     free(r.output);
@@ -132,6 +135,11 @@ static void test_command_help_lists_every_flag(void **state)
         expect(&r, "usage: keel");
         free(r.output);
     }
+    r = run_keel("eval --help");
+    const char *eval_flags[] = {"--weights", "--data", "--ten-crop", "--crop", "--workers", "--short-side"};
+    for (size_t i = 0; i < sizeof eval_flags / sizeof eval_flags[0]; i++)
+        expect(&r, eval_flags[i]);
+    free(r.output);
 }
 
 static void test_bad_flags(void **state)
@@ -278,6 +286,117 @@ static void test_train_eval_resume(void **state)
     free(r.output);
 }
 
+/* ---- image datasets ------------------------------------------------------------ */
+
+/* 3 classes x 8 PNGs of 40x48, each class with its own colour channel
+ * raised; false when PNG writing is not built in. */
+static bool write_tree(const char *root)
+{
+    static const char *const names[3] = {"red", "green", "blue"};
+    const int height = 40, width = 48;
+    uint8_t pixels[40 * 48 * 3];
+    float noise[40 * 48 * 3];
+    char path[PATH_MAX + 64];
+    assert_int_equal(mkdir(root, 0777), 0);
+    for (int c = 0; c < 3; c++) {
+        snprintf(path, sizeof path, "%s/%s", root, names[c]);
+        assert_int_equal(mkdir(path, 0777), 0);
+        for (int i = 0; i < 8; i++) {
+            ks_fill_uniform(noise, height * width * 3, (uint64_t)(10 * c + i + 1), 0.0f, 1.0f);
+            for (int k = 0; k < height * width * 3; k++)
+                pixels[k] = (uint8_t)(k % 3 == c ? 130.0f + 125.0f * noise[k] : 110.0f * noise[k]);
+            keel_image img = {.height = height, .width = width, .channels = 3, .pixels = pixels};
+            snprintf(path, sizeof path, "%s/%s/%d.png", root, names[c], i);
+            keel_status st = keel_image_save(&img, path, 95);
+            if (st == KEEL_ERR_UNSUPPORTED)
+                return false;
+            KS_OK(st);
+        }
+    }
+    return true;
+}
+
+static void test_train_eval_images(void **state)
+{
+    (void)state;
+    char tree[PATH_MAX], args[4 * PATH_MAX];
+    snprintf(tree, sizeof tree, "%s/tree", tmp_dir);
+    if (!write_tree(tree)) {
+        printf("PNG writing is not built in; skipping\n");
+        skip();
+    }
+    /* The folder is recognised as an image dataset without --dataset. */
+    snprintf(args, sizeof args,
+             "train --data '%s' --val '%s' --model lenet5 --crop 32 --short-side 40 --epochs 1 --batch 6 "
+             "--workers 2 --threads 2 --progress lines --save '%s/img.safetensors'", tree, tree, tmp_dir);
+    run_result r = run_keel(args);
+    assert_int_equal(r.status, 0);
+    expect(&r, "24 training images (image files)");
+    expect(&r, "random-resized crop 32");
+    expect(&r, "top-1 error");
+    expect(&r, "top-5 error");
+    expect(&r, "final top-1 error");
+    free(r.output);
+
+    snprintf(args, sizeof args, "eval --weights '%s/img.safetensors' --data '%s' --ten-crop --short-side 40 "
+             "--workers 2 --threads 2 --batch 20", tmp_dir, tree);
+    r = run_keel(args);
+    assert_int_equal(r.status, 0);
+    expect(&r, "(24 images, ten crops 32)");
+    expect(&r, "top-1 error");
+    expect(&r, "top-5 error");
+    free(r.output);
+
+    /* Packed shards, the AlexNet recipe, a mean image and ten-crop validation. */
+    snprintf(args, sizeof args, "pack '%s' '%s/shards' --short-side 40 --shards 2 --quiet", tree, tmp_dir);
+    r = run_keel(args);
+    assert_int_equal(r.status, 0);
+    free(r.output);
+    snprintf(args, sizeof args,
+             "train --data '%s/shards' --val '%s/shards' --model lenet5 --crop 32 --augment alexnet --lighting 0.1 "
+             "--mean-image --ten-crop --epochs 1 --batch 12 --workers 0 --threads 2 --progress none "
+             "--save '%s/mean.safetensors'", tmp_dir, tmp_dir, tmp_dir);
+    r = run_keel(args);
+    assert_int_equal(r.status, 0);
+    expect(&r, "(packed shards)");
+    expect(&r, "random crop 32, mirrored, PCA lighting 0.1; test: ten crops 32");
+    expect(&r, "32x32 mean image");
+    expect(&r, "mean.safetensors.mean.npy");
+    expect(&r, "top-5 error");
+    free(r.output);
+    snprintf(args, sizeof args, "eval --weights '%s/mean.safetensors' --data '%s/shards' --ten-crop --workers 1",
+             tmp_dir, tmp_dir);
+    r = run_keel(args);
+    assert_int_equal(r.status, 0);
+    expect(&r, "(24 images, ten crops 32)");
+    free(r.output);
+
+    /* Bad combinations are usage errors. */
+    struct {
+        const char *args, *message;
+    } bad[] = {
+        {"train --ten-crop --epochs 1", "--ten-crop applies to image datasets"},
+        {"train --crop 32", "--crop applies to image datasets"},
+        {"train --dataset images", "--dataset images needs --data PATH"},
+        {"train --data '%s' --augment cutmix", "--augment must be alexnet, resnet or none, got 'cutmix'"},
+        {"train --data '%s' --subset 10", "--subset and --test-subset apply to fashion-mnist"},
+        {"train --data '%s' --ten-crop", "--ten-crop evaluates the validation set"},
+        {"train --data '%s' --mean-image --no-normalize", "--mean-image and --no-normalize exclude each other"},
+        {"train --data '%s' --lighting -1", "--lighting must be >= 0"},
+        {"eval --weights x.safetensors --data '%s' --ten-crop --batch 8", "--ten-crop needs --batch >= 10"},
+        {"eval --weights x.safetensors --ten-crop", "--ten-crop applies to image datasets"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char line[2 * PATH_MAX];
+        snprintf(line, sizeof line, bad[i].args, tree);
+        r = run_keel(line);
+        assert_int_equal(r.status, 2);
+        expect(&r, bad[i].message);
+        expect(&r, "usage: keel");
+        free(r.output);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -288,6 +407,7 @@ int main(void)
         cmocka_unit_test(test_devices),
         cmocka_unit_test(test_bad_data_dir),
         cmocka_unit_test(test_train_eval_resume),
+        cmocka_unit_test(test_train_eval_images),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

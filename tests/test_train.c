@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -19,6 +20,19 @@ static int make_tmp_dir(void **state)
     (void)state;
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/keel_test_train_XXXXXX");
     return mkdtemp(tmp_dir) ? 0 : -1;
+}
+
+static void write_colour_tree(const char *root);
+
+/* The temporary folder, with the image tree of the image tests in it. */
+static int setup_group(void **state)
+{
+    if (make_tmp_dir(state) != 0)
+        return -1;
+    char path[320];
+    snprintf(path, sizeof path, "%s/tree", tmp_dir);
+    write_colour_tree(path);
+    return 0;
 }
 
 static int remove_tmp_dir(void **state)
@@ -667,6 +681,485 @@ static void test_trainer_bad_opts(void **state)
     keel_context_destroy(ctx);
 }
 
+
+/* ---- image datasets ------------------------------------------------------------
+ * A tree of 3 classes x 12 PNGs of 40x48 written here, each image noise with
+ * its class's colour channel raised, so a small network can learn it. */
+
+#define TREE_CLASSES 3
+#define TREE_PER_CLASS 12
+#define TREE_IMAGES (TREE_CLASSES * TREE_PER_CLASS)
+
+static bool have_tree;
+
+static void write_colour_tree(const char *root)
+{
+    static const char *const names[TREE_CLASSES] = {"red", "green", "blue"};
+    const int height = 40, width = 48;
+    char path[400];
+    assert_int_equal(mkdir(root, 0777), 0);
+    uint8_t *pixels = malloc((size_t)height * width * 3);
+    float *noise = malloc((size_t)height * width * 3 * sizeof *noise);
+    assert_non_null(pixels);
+    assert_non_null(noise);
+    have_tree = true;
+    for (int c = 0; c < TREE_CLASSES && have_tree; c++) {
+        snprintf(path, sizeof path, "%s/%s", root, names[c]);
+        assert_int_equal(mkdir(path, 0777), 0);
+        for (int i = 0; i < TREE_PER_CLASS; i++) {
+            ks_fill_uniform(noise, (int64_t)height * width * 3, (uint64_t)(100 * c + i + 1), 0.0f, 1.0f);
+            for (int k = 0; k < height * width * 3; k++)
+                pixels[k] = (uint8_t)(k % 3 == c ? 130.0f + 125.0f * noise[k] : 110.0f * noise[k]);
+            keel_image img = {.height = height, .width = width, .channels = 3, .pixels = pixels};
+            snprintf(path, sizeof path, "%s/%s/%02d.png", root, names[c], i);
+            keel_status st = keel_image_save(&img, path, 95);
+            if (st == KEEL_ERR_UNSUPPORTED) { /* built without libpng */
+                have_tree = false;
+                break;
+            }
+            KS_OK(st);
+        }
+    }
+    free(pixels);
+    free(noise);
+}
+
+static void need_tree(void)
+{
+    if (!have_tree) {
+        printf("PNG writing is not built in; skipping\n");
+        skip();
+    }
+}
+
+static keel_image_dataset *open_images(const char *name, int short_side)
+{
+    char path[320];
+    keel_image_open_opts o = {.short_side = short_side};
+    keel_image_dataset *d = NULL;
+    KS_OK(keel_image_dataset_open(&d, tmp_path(name, path, sizeof path), &o));
+    return d;
+}
+
+/* A small network for 3 x crop x crop images: two strided convolutions,
+ * global average pooling and a linear classifier. */
+static keel_status build_two_conv(keel_graph *g, const keel_model_opts *mo, keel_model_io *io, void *user)
+{
+    (void)user;
+    const int64_t shape[4] = {mo->batch, mo->in_channels, mo->height, mo->width};
+    keel_conv2d_opts c = keel_conv_opts(3, 2, 1);
+    io->images = keel_input(g, "images", 4, shape);
+    io->labels = keel_input_labels(g, "labels", mo->batch);
+    keel_node *x = keel_relu(g, "relu1", keel_conv2d(g, "conv1", io->images, 8, &c));
+    x = keel_relu(g, "relu2", keel_conv2d(g, "conv2", x, 12, &c));
+    x = keel_flatten(g, "flatten", keel_global_avg_pool2d(g, "pool", x));
+    io->logits = keel_linear(g, "fc", x, mo->classes, NULL);
+    io->loss = keel_softmax_cross_entropy(g, "loss", io->logits, io->labels);
+    return keel_graph_status(g);
+}
+
+static keel_trainer_opts image_trainer_opts(keel_image_dataset *train, keel_image_dataset *test, int workers)
+{
+    keel_trainer_opts o = keel_trainer_default_opts();
+    o.build = build_two_conv;
+    o.model = "two-conv";
+    o.train_images = train;
+    o.test_images = test;
+    o.train_augment = keel_augment_defaults(KEEL_CROP_RANDOM_RESIZED);
+    o.train_augment.crop_size = 32;
+    o.train_augment.scale_min = 0.25f;
+    o.test_augment = keel_augment_defaults(KEEL_CROP_CENTER);
+    o.test_augment.crop_size = 32;
+    o.workers = workers;
+    o.batch = 6;
+    o.epochs = 2;
+    o.seed = 11;
+    return o;
+}
+
+
+/* The tree trains through keel_trainer: the loss falls and the centre-crop
+ * accuracy on the tree beats chance by far. */
+static void test_images_learn(void **state)
+{
+    (void)state;
+    need_tree();
+    keel_context *ctx = ks_context();
+    keel_image_dataset *d = open_images("tree", 0);
+    assert_int_equal(keel_image_dataset_size(d), TREE_IMAGES);
+    keel_trainer_opts o = image_trainer_opts(d, d, 2);
+    o.epochs = 5;
+    keel_trainer *t = NULL;
+    KS_OK(keel_trainer_create(&t, ctx, &o));
+    char text[2048];
+    printf("%s\n", keel_trainer_describe(t, text, sizeof text));
+    assert_non_null(strstr(text, "random-resized crop 32"));
+    assert_non_null(strstr(text, "36 validation images"));
+    assert_int_equal(keel_trainer_steps_per_epoch(t), TREE_IMAGES / 6);
+    KS_OK(keel_trainer_run(t));
+    keel_epoch_stats first, last;
+    KS_OK(keel_trainer_history(t, 0, &first));
+    KS_OK(keel_trainer_history(t, 4, &last));
+    printf("two-conv on %d 40x48 PNGs, 5 epochs: train loss %.3f -> %.3f, centre-crop top-1 %.1f%% top-5 %.1f%% "
+           "(eval loss %.3f)\n", TREE_IMAGES, first.train_loss, last.train_loss, 100.0 * last.eval.top1,
+           100.0 * last.eval.top5, last.eval.loss);
+    assert_true(isfinite(last.train_loss) && isfinite(last.eval.loss));
+    assert_true(last.train_loss < first.train_loss);
+    assert_true(last.evaluated);
+    assert_int_equal(last.eval.samples, TREE_IMAGES);
+    assert_true(last.eval.has_top5);
+    assert_true(last.eval.top5 == 1.0); /* three classes */
+    assert_true(last.eval.top1 > 0.8);
+    keel_eval_result again;
+    KS_OK(keel_trainer_evaluate_images(t, d, &again));
+    assert_true(again.loss == last.eval.loss && again.top1 == last.eval.top1);
+    keel_trainer_destroy(t);
+    keel_image_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
+/* Trains one epoch and returns every parameter. */
+static float *train_one_epoch(keel_context *ctx, keel_image_dataset *d, int workers, int64_t *n)
+{
+    keel_trainer_opts o = image_trainer_opts(d, NULL, workers);
+    o.train_augment.lighting_std = 0.1f;
+    keel_trainer *t = NULL;
+    KS_OK(keel_trainer_create(&t, ctx, &o));
+    KS_OK(keel_trainer_epoch(t, NULL));
+    float *params = read_all_params(keel_trainer_plan(t), n);
+    keel_trainer_destroy(t);
+    return params;
+}
+
+static int64_t count_differences(const float *a, const float *b, int64_t n)
+{
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; i++)
+        differ += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    return differ;
+}
+
+/* Packed shards and the folder they were packed from train to the same
+ * bits, and so do 0 and 3 decoding threads. */
+static void test_images_packed_equals_folder(void **state)
+{
+    (void)state;
+    need_tree();
+    keel_context *ctx = ks_context();
+    keel_image_dataset *folder = open_images("tree", 40);
+    char out[320];
+    keel_pack_opts po = {.short_side = 40, .shards = 2, .workers = 2};
+    int64_t packed_count = 0;
+    KS_OK(keel_image_pack(folder, tmp_path("tree-packed", out, sizeof out), &po, &packed_count));
+    assert_int_equal(packed_count, TREE_IMAGES);
+    keel_image_dataset *packed = open_images("tree-packed", 0);
+    assert_true(keel_image_dataset_is_packed(packed));
+
+    int64_t n[3];
+    float *from_folder = train_one_epoch(ctx, folder, 3, &n[0]);
+    float *from_packed = train_one_epoch(ctx, packed, 3, &n[1]);
+    float *inline_decoded = train_one_epoch(ctx, folder, 0, &n[2]);
+    assert_int_equal(n[0], n[1]);
+    assert_int_equal(n[0], n[2]);
+    int64_t packed_differ = count_differences(from_folder, from_packed, n[0]);
+    int64_t workers_differ = count_differences(from_folder, inline_decoded, n[0]);
+    printf("after %d steps: %lld of %lld parameters differ between folder and shards, %lld between 3 workers and "
+           "none\n", TREE_IMAGES / 6, (long long)packed_differ, (long long)n[0], (long long)workers_differ);
+    assert_int_equal(packed_differ, 0);
+    assert_int_equal(workers_differ, 0);
+    free(from_folder);
+    free(from_packed);
+    free(inline_decoded);
+    keel_image_dataset_free(packed);
+    keel_image_dataset_free(folder);
+    keel_context_destroy(ctx);
+}
+
+/* Two epochs equal one, a checkpoint, a restart and the second, on images. */
+static void test_images_resume_bitwise(void **state)
+{
+    (void)state;
+    need_tree();
+    keel_context *ctx = ks_context();
+    keel_image_dataset *d = open_images("tree", 40);
+    keel_trainer_opts o = image_trainer_opts(d, d, 2);
+    char path[320], value[256];
+    tmp_path("images.safetensors", path, sizeof path);
+
+    keel_trainer *whole = NULL;
+    KS_OK(keel_trainer_create(&whole, ctx, &o));
+    KS_OK(keel_trainer_run(whole));
+    int64_t n_whole = 0;
+    float *p_whole = read_all_params(keel_trainer_plan(whole), &n_whole);
+    keel_epoch_stats last_whole;
+    KS_OK(keel_trainer_history(whole, 1, &last_whole));
+    keel_trainer_destroy(whole);
+
+    keel_trainer *first = NULL;
+    KS_OK(keel_trainer_create(&first, ctx, &o));
+    KS_OK(keel_trainer_epoch(first, NULL));
+    KS_OK(keel_trainer_save(first, path));
+    keel_trainer_destroy(first);
+    KS_OK(keel_checkpoint_metadata(path, "augment.train", value, sizeof value));
+    printf("augment.train = %s\n", value);
+    assert_non_null(strstr(value, "random-resized crop 32"));
+    KS_OK(keel_checkpoint_metadata(path, "input", value, sizeof value));
+    assert_string_equal(value, "3x32x32");
+    float mean[3], std[3];
+    KS_OK(keel_checkpoint_normalization(path, 3, mean, std));
+    assert_true(mean[0] == 0.485f && std[2] == 0.225f);
+
+    keel_trainer *second = NULL;
+    KS_OK(keel_trainer_create(&second, ctx, &o));
+    KS_OK(keel_trainer_resume(second, path));
+    KS_OK(keel_trainer_run(second));
+    int64_t n_resumed = 0;
+    float *p_resumed = read_all_params(keel_trainer_plan(second), &n_resumed);
+    keel_epoch_stats last_resumed;
+    KS_OK(keel_trainer_history(second, 1, &last_resumed));
+    keel_trainer_destroy(second);
+
+    assert_int_equal(n_whole, n_resumed);
+    int64_t differ = count_differences(p_whole, p_resumed, n_whole);
+    printf("images: %lld of %lld parameters differ after resuming; loss %.9g vs %.9g, eval top-1 %.4f vs %.4f\n",
+           (long long)differ, (long long)n_whole, last_whole.train_loss, last_resumed.train_loss,
+           last_whole.eval.top1, last_resumed.eval.top1);
+    assert_int_equal(differ, 0);
+    assert_true(last_whole.train_loss == last_resumed.train_loss);
+    assert_true(last_whole.eval.loss == last_resumed.eval.loss);
+    assert_true(last_resumed.eval.has_top5);
+    free(p_whole);
+    free(p_resumed);
+    keel_image_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
+/* With two shards, shard s of batch k is the s-th half of batch k of an
+ * unsharded loader with twice the batch: what data parallelism relies on. */
+static void test_image_loader_shards(void **state)
+{
+    (void)state;
+    need_tree();
+    keel_image_dataset *d = open_images("tree", 40);
+    keel_image_loader_opts whole_opts = {.batch = 8, .workers = 2, .shuffle = true, .drop_last = true, .seed = 3};
+    whole_opts.augment = keel_augment_defaults(KEEL_CROP_RANDOM);
+    whole_opts.augment.crop_size = 24;
+    keel_image_loader *whole, *shard[2];
+    KS_OK(keel_image_loader_create(&whole, d, &whole_opts));
+    for (int s = 0; s < 2; s++) {
+        keel_image_loader_opts o = whole_opts;
+        o.batch = 4;
+        o.workers = s; /* any worker count gives the same samples */
+        o.shard_count = 2;
+        o.shard_index = s;
+        KS_OK(keel_image_loader_create(&shard[s], d, &o));
+        assert_int_equal(keel_image_loader_batches(shard[s]), TREE_IMAGES / 8);
+        KS_OK(keel_image_loader_start_epoch(shard[s], 1));
+    }
+    KS_OK(keel_image_loader_start_epoch(whole, 1));
+    size_t sample = 3 * 24 * 24;
+    int64_t batches = 0;
+    for (;;) {
+        const float *x, *xs;
+        const int32_t *y, *ys;
+        int64_t n, ns;
+        KS_OK(keel_image_loader_next(whole, &x, &y, &n));
+        if (n == 0)
+            break;
+        for (int s = 0; s < 2; s++) {
+            KS_OK(keel_image_loader_next(shard[s], &xs, &ys, &ns));
+            assert_int_equal(ns, 4);
+            assert_memory_equal(xs, x + 4 * s * sample, 4 * sample * sizeof(float));
+            assert_memory_equal(ys, y + 4 * s, 4 * sizeof(int32_t));
+        }
+        batches++;
+    }
+    assert_int_equal(batches, TREE_IMAGES / 8);
+    keel_image_loader_opts bad = whole_opts;
+    bad.shard_count = 2;
+    bad.shard_index = 2;
+    keel_image_loader *l = NULL;
+    assert_int_equal(keel_image_loader_create(&l, d, &bad), KEEL_ERR_INVALID_ARGUMENT);
+    bad.shard_index = 1;
+    bad.drop_last = false;
+    assert_int_equal(keel_image_loader_create(&l, d, &bad), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "drop_last"));
+    keel_image_loader_destroy(whole);
+    keel_image_loader_destroy(shard[0]);
+    keel_image_loader_destroy(shard[1]);
+    keel_image_dataset_free(d);
+}
+
+/* -log softmax(z)[label] in double. */
+static double log_softmax_at(const float *z, int classes, int label)
+{
+    double most = z[0], sum = 0.0;
+    for (int j = 1; j < classes; j++)
+        most = z[j] > most ? z[j] : most;
+    for (int j = 0; j < classes; j++)
+        sum += exp((double)z[j] - most);
+    return (double)z[label] - most - log(sum);
+}
+
+/* Cuts the ten views of image `index` into rows [10 * slot, 10 * slot + 10). */
+static void cut_ten_views(keel_image_dataset *d, int index, const keel_augment_opts *ten, float *rows, int slot)
+{
+    size_t view = 3 * (size_t)ten->crop_size * ten->crop_size;
+    keel_image img = {0};
+    KS_OK(keel_image_dataset_read(d, index, &img));
+    for (int v = 0; v < 10; v++) {
+        keel_crop c;
+        KS_OK(keel_augment_crop(ten, img.height, img.width, 0, v, &c));
+        KS_OK(keel_augment_apply(ten, &img, &c, rows + (size_t)(slot * 10 + v) * view));
+    }
+    keel_image_release(&img);
+}
+
+/* Ten-crop evaluation against a computation by hand: each image's ten views
+ * cut with keel_augment_crop / keel_augment_apply, run through the plan at
+ * the rows the evaluator uses (batch 25: two images a pass, five rows of
+ * padding), softmax averaged in double, ranked, and the loss taken of the
+ * averaged probability. */
+static void test_ten_crop_evaluation(void **state)
+{
+    (void)state;
+    need_tree();
+    const int images = 5, classes = TREE_CLASSES, batch = 25, crop = 32;
+    char list[320];
+    FILE *f = fopen(tmp_path("five.txt", list, sizeof list), "w");
+    assert_non_null(f);
+    const char *files[5] = {"tree/red/00.png", "tree/green/03.png", "tree/blue/07.png", "tree/red/11.png",
+                            "tree/blue/01.png"};
+    const int labels[5] = {0, 1, 2, 0, 2};
+    for (int i = 0; i < images; i++)
+        fprintf(f, "%s %d\n", files[i], labels[i]);
+    fclose(f);
+    keel_image_dataset *d = open_images("five.txt", 40);
+    keel_context *ctx = ks_context();
+    keel_graph *g = keel_graph_new();
+    keel_model_opts mo = {.batch = batch, .classes = classes, .in_channels = 3, .height = crop, .width = crop};
+    keel_model_io io;
+    KS_OK(build_two_conv(g, &mo, &io, NULL));
+    keel_graph_keep(g, io.logits);
+    keel_plan *plan = ks_compile(g, ctx, 5);
+    /* Large weights, so that the views disagree and averaging matters. */
+    free(ks_param_random(plan, "conv1.weight", 8 * 3 * 3 * 3, 21, -0.5f, 0.5f));
+    free(ks_param_random(plan, "conv2.weight", 12 * 8 * 3 * 3, 22, -0.3f, 0.3f));
+    free(ks_param_random(plan, "fc.weight", 3 * 12, 27, -1.0f, 1.0f));
+
+    keel_augment_opts ten = keel_augment_defaults(KEEL_CROP_TEN);
+    ten.crop_size = crop;
+    keel_eval_result got;
+    KS_OK(keel_evaluate_images(plan, &io, d, &ten, 2, &got));
+
+    size_t view = 3 * (size_t)crop * crop;
+    float *rows = malloc((size_t)batch * view * sizeof *rows), *logits = malloc((size_t)batch * classes * sizeof *logits);
+    int32_t *row_labels = calloc((size_t)batch, sizeof *row_labels);
+    assert_non_null(rows);
+    assert_non_null(logits);
+    assert_non_null(row_labels);
+    double loss = 0.0, mean_view_loss = 0.0;
+    int top1_errors = 0;
+    for (int first = 0; first < images; first += 2) {
+        memset(rows, 0, (size_t)batch * view * sizeof *rows);
+        int in_pass = first + 1 < images ? 2 : 1;
+        for (int slot = 0; slot < in_pass; slot++)
+            cut_ten_views(d, first + slot, &ten, rows, slot);
+        KS_OK(keel_plan_set_input(plan, io.images, rows));
+        KS_OK(keel_plan_set_input(plan, io.labels, row_labels));
+        KS_OK(keel_plan_forward(plan, false));
+        KS_OK(keel_plan_read(plan, io.logits, logits));
+        for (int slot = 0; slot < in_pass; slot++) {
+            int label = labels[first + slot];
+            double probs[TREE_CLASSES] = {0}, view_loss = 0.0;
+            for (int v = 0; v < 10; v++) {
+                const float *z = logits + (size_t)(slot * 10 + v) * classes;
+                for (int c = 0; c < classes; c++)
+                    probs[c] += exp(log_softmax_at(z, classes, c)) / 10.0;
+                view_loss -= log_softmax_at(z, classes, label) / 10.0;
+            }
+            int rank = 0;
+            for (int c = 0; c < classes; c++)
+                rank += probs[c] > probs[label] || (probs[c] == probs[label] && c < label);
+            top1_errors += rank > 0;
+            loss -= log(probs[label]);
+            mean_view_loss += view_loss;
+        }
+    }
+    loss /= images;
+    mean_view_loss /= images;
+    printf("ten-crop: loss %.12f (by hand %.12f; the mean of the views' own losses would be %.12f), top-1 %.3f "
+           "(by hand %.3f)\n", got.loss, loss, mean_view_loss, got.top1, 1.0 - (double)top1_errors / images);
+    assert_int_equal(got.samples, images);
+    assert_true(got.has_top5);
+    assert_true(fabs(got.loss - loss) <= 1e-9 * fabs(loss));
+    assert_true(fabs(got.top1 - (1.0 - (double)top1_errors / images)) < 1e-12);
+    assert_true(fabs(mean_view_loss - loss) > 1e-3); /* so averaging is what was checked */
+
+    /* A batch too small for ten views is refused. */
+    keel_graph *small = keel_graph_new();
+    mo.batch = 8;
+    keel_model_io small_io;
+    KS_OK(build_two_conv(small, &mo, &small_io, NULL));
+    keel_graph_keep(small, small_io.logits);
+    keel_plan *small_plan = ks_compile(small, ctx, 5);
+    assert_int_equal(keel_evaluate_images(small_plan, &small_io, d, &ten, 0, &got), KEEL_ERR_INVALID_ARGUMENT);
+    printf("batch 8, ten crops: %s\n", keel_last_error());
+    assert_non_null(strstr(keel_last_error(), "at least 10"));
+    keel_plan_destroy(small_plan);
+    keel_graph_free(small);
+
+    free(rows);
+    free(logits);
+    free(row_labels);
+    keel_plan_destroy(plan);
+    keel_graph_free(g);
+    keel_context_destroy(ctx);
+    keel_image_dataset_free(d);
+}
+
+static void test_image_trainer_bad_opts(void **state)
+{
+    (void)state;
+    need_tree();
+    keel_context *ctx = ks_context();
+    keel_image_dataset *d = open_images("tree", 40);
+    keel_dataset *memory = synthetic_dataset(20, 8);
+    keel_trainer *t = NULL;
+    keel_trainer_opts o = image_trainer_opts(d, d, 0);
+    o.train = memory;
+    assert_int_equal(keel_trainer_create(&t, ctx, &o), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "exactly one training set"));
+    o = image_trainer_opts(d, d, 0);
+    o.test_augment.crop_size = 24;
+    assert_int_equal(keel_trainer_create(&t, ctx, &o), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "test crop (24) differs from the training crop (32)"));
+    o = image_trainer_opts(d, d, 0);
+    o.train_augment.mode = KEEL_CROP_TEN;
+    assert_int_equal(keel_trainer_create(&t, ctx, &o), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "ten-crop views are for evaluation"));
+    o = image_trainer_opts(d, d, 0);
+    o.test_augment.mode = KEEL_CROP_TEN; /* 10 views in a batch of 6 */
+    assert_int_not_equal(keel_trainer_create(&t, ctx, &o), KEEL_OK);
+    assert_non_null(strstr(keel_last_error(), "batch of at least 10"));
+    assert_null(t);
+    /* Zero-initialised augmentation: random-resized and centre 224 crops. */
+    o = image_trainer_opts(d, NULL, 0);
+    memset(&o.train_augment, 0, sizeof o.train_augment);
+    memset(&o.test_augment, 0, sizeof o.test_augment);
+    o.batch = 2;
+    KS_OK(keel_trainer_create(&t, ctx, &o));
+    char text[2048];
+    keel_trainer_describe(t, text, sizeof text);
+    printf("%s\n", text);
+    assert_non_null(strstr(text, "input 3x224x224"));
+    assert_non_null(strstr(text, "random-resized crop 224 (area 0.08-1, ratio 0.75-1.33), mirrored"));
+    keel_trainer_destroy(t);
+    keel_dataset_free(memory);
+    keel_image_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -684,6 +1177,12 @@ int main(void)
         cmocka_unit_test(test_mismatched_checkpoint),
         cmocka_unit_test(test_weights_round_trip),
         cmocka_unit_test(test_trainer_bad_opts),
+        cmocka_unit_test(test_images_learn),
+        cmocka_unit_test(test_images_packed_equals_folder),
+        cmocka_unit_test(test_images_resume_bitwise),
+        cmocka_unit_test(test_image_loader_shards),
+        cmocka_unit_test(test_ten_crop_evaluation),
+        cmocka_unit_test(test_image_trainer_bad_opts),
     };
-    return cmocka_run_group_tests(tests, make_tmp_dir, remove_tmp_dir);
+    return cmocka_run_group_tests(tests, setup_group, remove_tmp_dir);
 }

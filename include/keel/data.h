@@ -297,6 +297,11 @@ typedef struct keel_image_loader_opts {
     keel_host_alloc_fn host_alloc; /* NULL: 64-byte aligned malloc */
     keel_host_free_fn host_free;
     void *host_user;
+    /* Data parallelism, as keel_loader_opts: with shard_count > 1, batch k
+     * holds samples [(k*shard_count + shard_index)*batch, +batch) of the
+     * epoch's order, so ranks that share seed and epoch see disjoint shards
+     * of one global batch. Needs drop_last. 0 means one shard. */
+    int shard_count, shard_index;
 } keel_image_loader_opts;
 
 typedef struct keel_image_loader keel_image_loader;

@@ -70,6 +70,15 @@ keel_status keel_plan_backward(keel_plan *plan);
 /* Copies a kept node's value (loss, outputs, gradients) to host memory. */
 keel_status keel_plan_read(keel_plan *plan, const keel_node *x, void *dst);
 
+/* Host memory for the batches a program feeds the plan (pass them as
+ * keel_image_loader_opts.host_alloc / host_free): 64-byte aligned, and
+ * page-locked where the plan's device copies from such memory faster (CUDA
+ * pinned memory), so input uploads can run asynchronously. NULL when out of
+ * memory. Free every block with keel_plan_host_free of the same plan, before
+ * destroying the plan. */
+void *keel_plan_host_alloc(keel_plan *plan, size_t bytes);
+void keel_plan_host_free(keel_plan *plan, void *ptr);
+
 /* Parameters by name ("conv1.weight"); count is in elements and must match. */
 keel_status keel_plan_param_get(keel_plan *plan, const char *name, float *dst, int64_t count);
 keel_status keel_plan_param_set(keel_plan *plan, const char *name, const float *src, int64_t count);

@@ -14,6 +14,18 @@
  *   keel_trainer_run(t);               // opts.epochs epochs, evaluating after each
  *   keel_trainer_destroy(t);
  *
+ * ImageNet-style image datasets (folders, list files, `keel pack` shards)
+ * go in train_images / test_images instead, decoded by worker threads:
+ *
+ *   keel_image_dataset *train, *val;
+ *   keel_image_dataset_open(&train, "train-shards", NULL);
+ *   keel_image_dataset_open(&val, "val-shards", NULL);
+ *   keel_trainer_opts opts = keel_trainer_default_opts();
+ *   opts.model = "resnet18";
+ *   opts.train_images = train;     // random-resized 224 crops, mirrored
+ *   opts.test_images = val;        // centre 224 crops; top-1 and top-5
+ *   opts.workers = 8;
+ *
  * The pieces (keel_optimizer, keel_schedule_lr, keel_evaluate,
  * keel_weights_load) also work on a plan a program compiled itself. */
 #ifndef KEEL_TRAIN_H
@@ -122,7 +134,8 @@ typedef struct keel_eval_result {
     int64_t samples;
     double loss;          /* mean softmax cross-entropy over the samples */
     double top1;          /* fraction in [0, 1] */
-    double top5;          /* only when has_top5 (more than 10 classes) */
+    double top5;          /* only when has_top5 (more than 10 classes, or
+                             an image dataset) */
     bool has_top5;
 } keel_eval_result;
 
@@ -134,6 +147,20 @@ typedef struct keel_eval_result {
  * padding never enters them. */
 keel_status keel_evaluate(keel_plan *plan, const keel_model_io *io, const keel_dataset *d, keel_eval_result *out);
 
+/* The same on an image dataset, in order, each image cut into the views of
+ * `augment` (NULL: a centre crop of the model's input size with ImageNet's
+ * mean and std) by `workers` decoding threads (0: this thread). With V views
+ * per image (10 for KEEL_CROP_TEN) a forward pass of the plan's batch P holds
+ * floor(P / V) images (P >= V is needed), the rows left over zero. The
+ * softmax outputs of an image's views are averaged (AlexNet's ten-crop
+ * ensemble) before ranking, as keel_topk_update does; `loss` is the mean
+ * cross-entropy of those averaged probabilities (of the single view when
+ * V = 1). top1 and top5 are accuracies, so the ILSVRC errors are 1 - top1 and
+ * 1 - top5; has_top5 is always set for image datasets. The crop must match
+ * the model's input size. */
+keel_status keel_evaluate_images(keel_plan *plan, const keel_model_io *io, keel_image_dataset *d,
+                                 const keel_augment_opts *augment, int workers, keel_eval_result *out);
+
 /* ---- weights and checkpoints (safetensors) ------------------------------
  * Parameters are stored under their own names ("conv1.weight",
  * "bn1.running_mean"), so torch's safetensors.torch.load_file gives a
@@ -141,8 +168,11 @@ keel_status keel_evaluate(keel_plan *plan, const keel_model_io *io, const keel_d
  * "optimizer.<param>.momentum_buffer" (SGD) or "optimizer.<param>.exp_avg"
  * and "optimizer.<param>.exp_avg_sq" (Adam), as torch names them, and
  * metadata: model, epoch, step, seeds, the dropout counter, optimiser
- * hyper-parameters, normalisation, and the per-epoch history. Every write
- * goes to a temporary file renamed into place. */
+ * hyper-parameters, normalisation (for image datasets the augmentation's
+ * mean and std, "normalize.mean_image" when a mean image replaced the mean,
+ * and "augment.train" / "augment.test" describing the crops), and the
+ * per-epoch history. Every write goes to a temporary file renamed into
+ * place. */
 
 /* Every parameter and state buffer of the plan, and `metadata` pairs
  * (NULL-terminated key, value, key, value, ..., or NULL). */
@@ -206,11 +236,31 @@ typedef struct keel_trainer_opts {
      * and input size left at 0 come from the training set. */
     keel_model_opts model_opts;
 
-    keel_dataset *train;          /* required; borrowed, must outlive the trainer */
+    keel_dataset *train;          /* an in-memory training set (borrowed, must
+                                     outlive the trainer), or train_images */
     keel_dataset *test;           /* optional: evaluated after every epoch */
     bool no_normalize;            /* else both sets are normalised with the
                                      training set's channel mean and std */
-    bool no_prefetch;             /* assemble batches on the training thread */
+    bool no_prefetch;             /* assemble batches on the training thread
+                                     (image datasets: workers = 0) */
+
+    /* Image datasets (folders, lists or packed shards) instead of train and
+     * test: exactly one of train and train_images is set. Each image is
+     * decoded, cut and normalised by the augmentation options, never by the
+     * training set's channel statistics (no_normalize does not apply). A
+     * zero-initialised train_augment is keel_augment_defaults(
+     * KEEL_CROP_RANDOM_RESIZED) (crop 224, mirror, ImageNet mean and std) and
+     * a zero test_augment keel_augment_defaults(KEEL_CROP_CENTER); an options
+     * struct that is not all zero is taken as given, except that its fields
+     * left at 0 (crop_size, the scale and ratio ranges, std, and mean when std
+     * is 0 too) take keel_augment_defaults(mode)'s values. Both crops
+     * must be equal (the model's input is 3 x crop x crop) and a training
+     * crop cannot be KEEL_CROP_TEN; a TEN test_augment evaluates ten views
+     * per image (keel_evaluate_images). A mean_image is copied. */
+    keel_image_dataset *train_images; /* borrowed, must outlive the trainer */
+    keel_image_dataset *test_images;  /* optional: evaluated after every epoch */
+    keel_augment_opts train_augment, test_augment;
+    int workers;                  /* image decoding threads; 0: the training thread */
 
     int64_t batch;                /* > 0; a final partial training batch is dropped */
     int epochs;                   /* > 0: what keel_trainer_run trains to */
@@ -270,9 +320,12 @@ keel_status keel_trainer_save(keel_trainer *t, const char *path);
 keel_status keel_trainer_epoch(keel_trainer *t, keel_epoch_stats *stats);
 /* Epochs until opts.epochs are done (none when a resumed run already is). */
 keel_status keel_trainer_run(keel_trainer *t);
-/* Evaluates the current parameters on `d` (NULL: the test set). `d` gets
- * the trainer's normalisation. */
+/* Evaluates the current parameters on `d` (NULL: the test set, in-memory or
+ * images). `d` gets the trainer's normalisation. */
 keel_status keel_trainer_evaluate(keel_trainer *t, keel_dataset *d, keel_eval_result *out);
+/* Evaluates the current parameters on an image dataset with the trainer's
+ * test_augment and workers (keel_evaluate_images). */
+keel_status keel_trainer_evaluate_images(keel_trainer *t, keel_image_dataset *d, keel_eval_result *out);
 
 /* Epochs finished (including those of a resumed checkpoint). */
 int keel_trainer_epochs_done(const keel_trainer *t);

@@ -1,11 +1,14 @@
 /* The flag parser every command shares: --name VALUE or --name=VALUE, and
  * help text generated from the same table, so every flag is documented. */
 #include "cli.h"
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int cli_error(const char *fmt, ...)
 {
@@ -193,13 +196,67 @@ const char *cli_default_data_dir(const char *dataset)
     return KEEL_FASHION_MNIST_DIR;
 }
 
+bool cli_is_image_path(const char *path)
+{
+    struct stat info;
+    if (!path || stat(path, &info) != 0)
+        return false;
+    if (S_ISREG(info.st_mode))
+        return true;
+    if (!S_ISDIR(info.st_mode))
+        return false;
+    DIR *dir = opendir(path);
+    if (!dir)
+        return false;
+    bool images = false;
+    char child[4096];
+    for (struct dirent *e; !images && (e = readdir(dir));) {
+        if (e->d_name[0] == '.')
+            continue;
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "train-images-idx", 16) == 0 || strncmp(e->d_name, "data_batch_", 11) == 0)
+            break; /* MNIST or CIFAR-10 files, whatever else is there */
+        if (n > 9 && strcmp(e->d_name + n - 9, ".keelpack") == 0)
+            images = true;
+        snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+        if (stat(child, &info) == 0 && S_ISDIR(info.st_mode))
+            images = true;
+    }
+    closedir(dir);
+    return images;
+}
+
+int cli_cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 && n < 1024 ? (int)n : 1;
+}
+
+int cli_default_short_side(int crop)
+{
+    return crop <= 256 ? 256 : (int)(((int64_t)crop * 8 + 6) / 7);
+}
+
+void cli_warn_image(const char *message, void *user)
+{
+    (void)user;
+    fprintf(stderr, "keel: warning: %s\n", message);
+}
+
+const char *cli_mean_image_path(const char *weights, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s.mean.npy", weights);
+    return buf;
+}
+
 keel_status cli_load_dataset(const char *name, const char *dir, bool train, keel_dataset **out)
 {
     if (strcmp(name, "fashion-mnist") == 0 || strcmp(name, "mnist") == 0)
         return keel_dataset_load_mnist_dir(out, dir ? dir : cli_default_data_dir(name), train);
     if (strcmp(name, "cifar10") == 0)
         return keel_dataset_load_cifar10(out, dir ? dir : cli_default_data_dir(name), train);
-    return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "unknown dataset '%s'; use fashion-mnist, mnist or cifar10", name);
+    return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "unknown dataset '%s'; use fashion-mnist, mnist, cifar10 or images "
+                     "(an image folder, list file or packed shards given with --data)", name);
 }
 
 const char *cli_thousands(int64_t n, char *buf, size_t size)

@@ -66,6 +66,20 @@ int cli_parse_widths(const char *text, int *widths, int most);
 /* Loads one split of a dataset by name: fashion-mnist, mnist, cifar10. */
 keel_status cli_load_dataset(const char *name, const char *dir, bool train, keel_dataset **out);
 const char *cli_default_data_dir(const char *dataset);
+
+/* ---- image datasets (ImageNet style) -------------------------------------- */
+/* Whether --data names an image dataset: a directory holding class
+ * sub-folders or *.keelpack shards, or a file (a list or a shard). */
+bool cli_is_image_path(const char *path);
+/* The cores of this machine (at least 1): the default of --workers. */
+int cli_cpu_count(void);
+/* The shorter side images are decoded to for `crop`-pixel crops: 256, as
+ * the AlexNet and ResNet recipes, or 8/7 of a larger crop. */
+int cli_default_short_side(int crop);
+/* keel_image_open_opts.warn: "keel: warning: ..." on stderr. */
+void cli_warn_image(const char *message, void *user);
+/* The Caffe mean image written beside a checkpoint: "<weights>.mean.npy". */
+const char *cli_mean_image_path(const char *weights, char *buf, size_t size);
 /* "1,234,567" */
 const char *cli_thousands(int64_t n, char *buf, size_t size);
 /* "1.5 MiB", "12.3 GFLOPs" style: value scaled with 1000 or 1024 steps. */
@@ -81,6 +95,7 @@ typedef struct cli_progress {
     double last_draw;
     int64_t next_line_step;
     int bar_width;
+    bool errors;            /* image datasets: top-1 / top-5 error, as ILSVRC */
 } cli_progress;
 void cli_progress_init(cli_progress *p, cli_progress_mode mode, FILE *out);
 void cli_progress_callback(const keel_progress *progress, void *user);

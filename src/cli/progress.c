@@ -1,5 +1,6 @@
 /* Progress of `keel train`: a bar redrawn in place (\r) on a terminal, a
- * plain line every tenth of an epoch otherwise, and one line per epoch. */
+ * plain line every tenth of an epoch otherwise, and one line per epoch (with
+ * the top-1 and top-5 error on image datasets, as ILSVRC reports them). */
 #include "cli.h"
 #include <time.h>
 #include <unistd.h>
@@ -46,7 +47,10 @@ static void print_epoch(cli_progress *p, const keel_epoch_stats *s, int epochs)
     if (p->mode == CLI_PROGRESS_BAR)
         fputs("\r\033[K", p->out);
     fprintf(p->out, "epoch %d/%d  train loss %.4f", s->epoch, epochs, s->train_loss);
-    if (s->evaluated) {
+    if (s->evaluated && p->errors) {
+        fprintf(p->out, "  val loss %.4f  top-1 error %.2f%%  top-5 error %.2f%%", s->eval.loss,
+                100.0 * (1.0 - s->eval.top1), 100.0 * (1.0 - s->eval.top5));
+    } else if (s->evaluated) {
         fprintf(p->out, "  test loss %.4f  top-1 %.2f%%", s->eval.loss, 100.0 * s->eval.top1);
         if (s->eval.has_top5)
             fprintf(p->out, "  top-5 %.2f%%", 100.0 * s->eval.top5);

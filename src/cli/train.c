@@ -1,5 +1,6 @@
 /* keel train: the training loop of libkeel behind flags, with a progress
- * bar, per-epoch evaluation, checkpoints and a chart. */
+ * bar, per-epoch evaluation, checkpoints and a chart, on the small in-memory
+ * datasets or on ImageNet-style image datasets decoded by worker threads. */
 #include "cli.h"
 #include <stdlib.h>
 #include <string.h>
@@ -15,12 +16,15 @@ static double now_seconds(void)
 typedef struct train_args {
     const char *model, *dataset, *data, *optimizer, *schedule, *device;
     const char *save, *resume, *plot, *progress, *hidden;
-    int epochs, threads;
+    const char *val, *augment;
+    int epochs, threads, workers, crop, short_side;
     float dist_timeout;
     int64_t batch, subset, test_subset;
-    float lr, momentum, weight_decay, warmup, dropout;
+    float lr, momentum, weight_decay, warmup, dropout, lighting;
     uint64_t seed;
-    bool nesterov, deterministic, no_normalize, no_test, data_parallel;
+    bool nesterov, deterministic, no_normalize, no_test, data_parallel, mean_image, ten_crop;
+    bool images;            /* resolved: an image dataset */
+    bool short_side_given;
 } train_args;
 
 static const char description[] =
@@ -37,7 +41,20 @@ static const char description[] =
     "each step sees N x batch images, a disjoint shard per rank, and the averaged gradient, so\n"
     "it equals a one-process step with batch N x batch at the same --lr (multiply --lr by N to\n"
     "keep the step per image of a one-process run with --batch). Batch-norm statistics are per\n"
-    "rank and averaged before each evaluation; rank 0 prints and writes --save and --plot.";
+    "rank and averaged before each evaluation; rank 0 prints and writes --save and --plot.\n"
+    "\n"
+    "Image datasets (ImageNet style): --data names an image folder (one sub-folder per class),\n"
+    "a list file of 'path label' lines, or shards written by `keel pack` (found by what the path\n"
+    "is; --dataset images insists), and --val the validation set in any of those forms (a list\n"
+    "file's paths are relative to its own folder). --workers threads decode and augment the next\n"
+    "batches while a step runs. --augment resnet (the default; alexnet for the AlexNet models) is\n"
+    "torchvision's random-resized crop with mirroring on the images as stored; alexnet is a\n"
+    "random --crop square with mirroring of images decoded to a 256-pixel short side, plus PCA\n"
+    "colour noise with --lighting 0.1; none is the centre crop. Inputs are normalised with\n"
+    "ImageNet's mean and std, or with --mean-image by Caffe's mean image of the training set\n"
+    "(written beside --save as FILE.mean.npy for `keel eval`). Validation takes the centre crop\n"
+    "of images decoded to a 256-pixel short side, or with --ten-crop AlexNet's ten views with\n"
+    "their softmax averaged, and reports the top-1 and top-5 error, as ILSVRC does.";
 
 static int resolve_optimizer(const cli_command *cmd, const train_args *a, keel_optimizer_opts *out)
 {
@@ -81,6 +98,62 @@ static int check_args(const cli_command *cmd, const train_args *a)
     return cli_usage_error(cmd, "--progress must be auto, bar, lines or none, got '%s'", a->progress);
 }
 
+static bool is_alexnet(const char *model)
+{
+    return strncmp(model, "alexnet", 7) == 0;
+}
+
+static int check_image_args(const cli_command *cmd, train_args *a)
+{
+    if (!a->data)
+        return cli_usage_error(cmd, "--dataset images needs --data PATH (an image folder, a list file or packed "
+                               "shards)");
+    if (cli_find(cmd, "subset")->given || cli_find(cmd, "test-subset")->given)
+        return cli_usage_error(cmd, "--subset and --test-subset apply to fashion-mnist, mnist and cifar10; for "
+                               "images, list or pack fewer files");
+    if (a->mean_image && a->no_normalize)
+        return cli_usage_error(cmd, "--mean-image and --no-normalize exclude each other");
+    if (a->ten_crop && !a->val)
+        return cli_usage_error(cmd, "--ten-crop evaluates the validation set: give it with --val PATH");
+    if (!a->augment)
+        a->augment = is_alexnet(a->model) ? "alexnet" : "resnet";
+    if (strcmp(a->augment, "alexnet") != 0 && strcmp(a->augment, "resnet") != 0 && strcmp(a->augment, "none") != 0)
+        return cli_usage_error(cmd, "--augment must be alexnet, resnet or none, got '%s'", a->augment);
+    if (!cli_find(cmd, "crop")->given)
+        a->crop = strcmp(a->model, "alexnet") == 0 ? 227 : 224;
+    if (a->crop < 1 || a->crop > 8192)
+        return cli_usage_error(cmd, "--crop must be in [1, 8192], got %d", a->crop);
+    if (a->lighting < 0)
+        return cli_usage_error(cmd, "--lighting must be >= 0, got %g", (double)a->lighting);
+    if (a->short_side < 0)
+        return cli_usage_error(cmd, "--short-side must be >= 0 (0: each file's own size), got %d", a->short_side);
+    if (a->workers < 0)
+        return cli_usage_error(cmd, "--workers must be >= 0 (0: the training thread decodes), got %d", a->workers);
+    if (!cli_find(cmd, "workers")->given)
+        a->workers = cli_cpu_count();
+    a->short_side_given = cli_find(cmd, "short-side")->given;
+    a->dataset = "images";
+    return CLI_OK;
+}
+
+/* Whether --data is an image dataset, and the flags that only such take. */
+static int resolve_images(const cli_command *cmd, train_args *a)
+{
+    if (cli_find(cmd, "dataset")->given)
+        a->images = strcmp(a->dataset, "images") == 0;
+    else
+        a->images = a->data && cli_is_image_path(a->data);
+    if (a->images)
+        return check_image_args(cmd, a);
+    const char *image_flags[] = {"val", "workers", "crop", "augment", "lighting", "mean-image", "ten-crop",
+                                 "short-side"};
+    for (size_t i = 0; i < sizeof image_flags / sizeof image_flags[0]; i++)
+        if (cli_find(cmd, image_flags[i])->given)
+            return cli_usage_error(cmd, "--%s applies to image datasets (--data FOLDER, a list file or packed "
+                                   "shards), not %s", image_flags[i], a->dataset);
+    return CLI_OK;
+}
+
 static cli_progress_mode progress_mode(const char *text)
 {
     if (strcmp(text, "bar") == 0) return CLI_PROGRESS_BAR;
@@ -101,7 +174,73 @@ static keel_status load_data(const train_args *a, keel_dataset **train, keel_dat
     return st;
 }
 
-static void print_summary(keel_trainer *t, double seconds)
+/* Folders and lists are decoded to a short side (torchvision's Resize)
+ * except for random-resized crops, which take the images as stored. */
+static int short_side(const train_args *a, bool training)
+{
+    if (a->short_side_given)
+        return a->short_side;
+    return training && strcmp(a->augment, "resnet") == 0 ? 0 : cli_default_short_side(a->crop);
+}
+
+static keel_status load_images(const train_args *a, keel_image_dataset **train, keel_image_dataset **val)
+{
+    keel_image_open_opts o = {.short_side = short_side(a, true), .warn = cli_warn_image};
+    keel_status st = keel_image_dataset_open(train, a->data, &o);
+    if (st == KEEL_OK && a->val && !a->no_test) {
+        o.short_side = short_side(a, false);
+        st = keel_image_dataset_open(val, a->val, &o);
+    }
+    return st;
+}
+
+static keel_crop_mode train_crop_mode(const char *augment)
+{
+    if (strcmp(augment, "alexnet") == 0)
+        return KEEL_CROP_RANDOM;
+    return strcmp(augment, "resnet") == 0 ? KEEL_CROP_RANDOM_RESIZED : KEEL_CROP_CENTER;
+}
+
+/* The augmentation of both sets; *mean_image receives Caffe's mean image
+ * of the training set with --mean-image (the caller frees it). */
+static keel_status set_augment(const train_args *a, keel_image_dataset *train, keel_trainer_opts *o,
+                               float **mean_image)
+{
+    o->train_augment = keel_augment_defaults(train_crop_mode(a->augment));
+    o->train_augment.crop_size = a->crop;
+    o->train_augment.lighting_std = a->lighting;
+    o->test_augment = keel_augment_defaults(a->ten_crop ? KEEL_CROP_TEN : KEEL_CROP_CENTER);
+    o->test_augment.crop_size = a->crop;
+    o->workers = a->workers;
+    for (int c = 0; c < 3 && a->no_normalize; c++) {
+        o->train_augment.mean[c] = o->test_augment.mean[c] = 0.0f;
+        o->train_augment.std[c] = o->test_augment.std[c] = 1.0f;
+    }
+    if (!a->mean_image)
+        return KEEL_OK;
+    *mean_image = malloc(3 * (size_t)a->crop * (size_t)a->crop * sizeof **mean_image);
+    if (!*mean_image)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for the mean image");
+    keel_status st = keel_image_dataset_mean_image(train, a->crop, a->workers, *mean_image);
+    o->train_augment.mean_image = o->test_augment.mean_image = *mean_image;
+    return st;
+}
+
+static keel_status save_mean_image(const train_args *a, float *mean_image)
+{
+    char path[4096];
+    keel_tensor *t = NULL;
+    const int64_t shape[3] = {3, a->crop, a->crop};
+    keel_status st = keel_tensor_wrap(&t, KEEL_F32, 3, shape, mean_image);
+    if (st == KEEL_OK)
+        st = keel_tensor_save_npy(t, cli_mean_image_path(a->save, path, sizeof path));
+    keel_tensor_free(t);
+    if (st == KEEL_OK)
+        printf("mean image %s\n", path);
+    return st;
+}
+
+static void print_summary(keel_trainer *t, double seconds, bool errors)
 {
     int n = keel_trainer_history_count(t);
     int best = -1;
@@ -114,9 +253,14 @@ static void print_summary(keel_trainer *t, double seconds)
     char time[32];
     printf("done: %d epoch%s in %s", keel_trainer_epochs_done(t), keel_trainer_epochs_done(t) == 1 ? "" : "s",
            cli_duration(seconds, time, sizeof time));
-    if (n > 0 && keel_trainer_history(t, n - 1, &s) == KEEL_OK && s.evaluated)
-        printf("; final test top-1 %.2f%%, best %.2f%% (epoch %d)", 100.0 * s.eval.top1, 100.0 * top.eval.top1,
-               top.epoch);
+    if (n > 0 && keel_trainer_history(t, n - 1, &s) == KEEL_OK && s.evaluated) {
+        if (errors)
+            printf("; final top-1 error %.2f%%, top-5 error %.2f%%; best top-1 error %.2f%% (epoch %d)",
+                   100.0 * (1.0 - s.eval.top1), 100.0 * (1.0 - s.eval.top5), 100.0 * (1.0 - top.eval.top1), top.epoch);
+        else
+            printf("; final test top-1 %.2f%%, best %.2f%% (epoch %d)", 100.0 * s.eval.top1, 100.0 * top.eval.top1,
+                   top.epoch);
+    }
     printf("\n");
 }
 
@@ -138,12 +282,21 @@ static int train(const train_args *a, keel_trainer_opts *opts)
     keel_context_opts co = {.threads = a->threads};
     keel_context *ctx = NULL;
     keel_dataset *train_set = NULL, *test_set = NULL;
+    keel_image_dataset *train_images = NULL, *val_images = NULL;
+    float *mean_image = NULL;
     keel_trainer *t = NULL;
     keel_status st = keel_context_create(&ctx, &co);
-    if (st == KEEL_OK)
+    if (st == KEEL_OK && a->images) {
+        st = load_images(a, &train_images, &val_images);
+        if (st == KEEL_OK)
+            st = set_augment(a, train_images, opts, &mean_image);
+    } else if (st == KEEL_OK) {
         st = load_data(a, &train_set, &test_set);
+    }
     opts->train = train_set;
     opts->test = test_set;
+    opts->train_images = train_images;
+    opts->test_images = val_images;
     if (st == KEEL_OK)
         st = keel_trainer_create(&t, ctx, opts);
     if (st == KEEL_OK && a->resume)
@@ -154,10 +307,14 @@ static int train(const train_args *a, keel_trainer_opts *opts)
         printf("%s\n", keel_trainer_describe(t, text, sizeof text));
         if (a->resume)
             printf("resumed   from %s after epoch %d of %d\n", a->resume, keel_trainer_epochs_done(t), a->epochs);
+        if (a->images && !val_images && !a->no_test)
+            printf("           no --val set: nothing is evaluated\n");
         fflush(stdout);
     }
-    char title[160];
-    snprintf(title, sizeof title, "%s on %s", opts->model, a->dataset);
+    if (st == KEEL_OK && lead && mean_image && a->save)
+        st = save_mean_image(a, mean_image);
+    char title[4200];
+    snprintf(title, sizeof title, "%s on %s", opts->model, a->images ? a->data : a->dataset);
     double start = now_seconds();
     while (st == KEEL_OK && keel_trainer_epochs_done(t) < a->epochs) {
         st = keel_trainer_epoch(t, NULL);
@@ -167,7 +324,7 @@ static int train(const train_args *a, keel_trainer_opts *opts)
     if (st == KEEL_OK && a->plot && lead) /* also when a resumed run had nothing left to train */
         st = write_plot(t, a->plot, title);
     if (st == KEEL_OK && lead) {
-        print_summary(t, now_seconds() - start);
+        print_summary(t, now_seconds() - start, a->images);
         if (a->save)
             printf("checkpoint %s\n", a->save);
         if (a->plot)
@@ -177,6 +334,9 @@ static int train(const train_args *a, keel_trainer_opts *opts)
     keel_trainer_destroy(t);
     keel_dataset_free(train_set);
     keel_dataset_free(test_set);
+    keel_image_dataset_free(train_images);
+    keel_image_dataset_free(val_images);
+    free(mean_image);
     keel_context_destroy(ctx);
     return rc;
 }
@@ -189,9 +349,11 @@ int cli_train(int argc, char **argv)
     };
     cli_flag flags[] = {
         {"model", CLI_STRING, &a.model, "NAME", "the network (default lenet5; `keel --help` lists them)"},
-        {"dataset", CLI_STRING, &a.dataset, "NAME", "fashion-mnist (default), mnist or cifar10"},
-        {"data", CLI_STRING, &a.data, "DIR", "where the dataset's files are (default " KEEL_FASHION_MNIST_DIR
-                                             " for fashion-mnist)"},
+        {"dataset", CLI_STRING, &a.dataset, "NAME", "fashion-mnist (default), mnist, cifar10, or images (found "
+                                                    "from --data when not given)"},
+        {"data", CLI_STRING, &a.data, "PATH", "where the dataset's files are (default " KEEL_FASHION_MNIST_DIR
+                                              " for fashion-mnist); images: a class folder tree, a list file or "
+                                              "packed shards"},
         {"epochs", CLI_INT, &a.epochs, "N", "total epochs to train (default 10; with --resume, including "
                                             "those already done)"},
         {"batch", CLI_INT64, &a.batch, "N", "mini-batch size (default 64)"},
@@ -215,7 +377,25 @@ int cli_train(int argc, char **argv)
         {"test-subset", CLI_INT64, &a.test_subset, "N", "evaluate on the first N test images only (default: all)"},
         {"no-test", CLI_SWITCH, &a.no_test, NULL, "skip the evaluation after each epoch"},
         {"no-normalize", CLI_SWITCH, &a.no_normalize, NULL, "feed [0, 1] pixels instead of standardising them "
-                                                            "with the training set's mean and std"},
+                                                            "with the training set's mean and std (images: "
+                                                            "ImageNet's)"},
+        {"val", CLI_STRING, &a.val, "PATH", "images: the validation set, evaluated after every epoch (a class "
+                                            "folder tree, a list file or packed shards)"},
+        {"workers", CLI_INT, &a.workers, "N", "images: decoding threads (default: every core; 0: the training "
+                                              "thread)"},
+        {"crop", CLI_INT, &a.crop, "N", "images: the square crop the model takes (default 224; 227 for alexnet)"},
+        {"augment", CLI_STRING, &a.augment, "KIND", "images: resnet (random-resized crop + mirror; the default), "
+                                                    "alexnet (random crop + mirror; the default for AlexNet) or none "
+                                                    "(centre crop)"},
+        {"lighting", CLI_FLOAT, &a.lighting, "X", "images: std of AlexNet's PCA colour noise (default 0: off; 0.1 "
+                                                  "in AlexNet)"},
+        {"mean-image", CLI_SWITCH, &a.mean_image, NULL, "images: subtract Caffe's mean image of the training set "
+                                                        "instead of the per-channel mean"},
+        {"ten-crop", CLI_SWITCH, &a.ten_crop, NULL, "images: evaluate --val on AlexNet's ten crops, softmax "
+                                                    "averaged (needs --batch >= 10)"},
+        {"short-side", CLI_INT, &a.short_side, "N", "images: decode folders and lists to this shorter side (default "
+                                                    "256, or 8/7 of a larger crop; resnet training: each file's "
+                                                    "size; 0: each file's size)"},
         {"hidden", CLI_STRING, &a.hidden, "W,W,...", "dmlp: hidden layer widths (default 2500,2000,1500,1000,500)"},
         {"dropout", CLI_FLOAT, &a.dropout, "P", "dropout probability of models that have it (negative: none)"},
         {"save", CLI_STRING, &a.save, "FILE", "write a safetensors checkpoint to FILE after every epoch"},
@@ -224,12 +404,13 @@ int cli_train(int argc, char **argv)
         {"progress", CLI_STRING, &a.progress, "MODE", "auto (default: a bar on a terminal, lines otherwise), bar, "
                                                       "lines or none"},
     };
-    cli_command cmd = {"train", NULL, "keel train [--model NAME] [--epochs N] [--batch N] [--lr X] [flags]",
+    cli_command cmd = {"train", NULL, "keel train [--model NAME] [--data PATH [--val PATH]] [--epochs N] [--batch N] "
+                                      "[--lr X] [flags]",
                        description, flags, (int)(sizeof flags / sizeof flags[0])};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc != CLI_OK)
         return rc < 0 ? CLI_OK : rc;
-    if ((rc = check_args(&cmd, &a)) != CLI_OK)
+    if ((rc = check_args(&cmd, &a)) != CLI_OK || (rc = resolve_images(&cmd, &a)) != CLI_OK)
         return rc;
     keel_trainer_opts opts = keel_trainer_default_opts();
     if ((rc = resolve_optimizer(&cmd, &a, &opts.optimizer)) != CLI_OK)
@@ -258,6 +439,7 @@ int cli_train(int argc, char **argv)
     opts.save_path = a.save;
     cli_progress progress;
     cli_progress_init(&progress, progress_mode(a.progress), stdout);
+    progress.errors = a.images;
     opts.progress = cli_progress_callback;
     opts.progress_user = &progress;
     return train(&a, &opts);

@@ -8,7 +8,8 @@
  * may be taken only while its batch is fewer than `slots` ahead of the batch
  * the caller last gave back; that bound is the queue. What a sample becomes
  * depends on (seed, epoch, sample) only, never on which thread made it, so
- * any worker count gives the same bits. */
+ * any worker count gives the same bits. With data-parallel shards, local
+ * batch k is global batch k's shard_index-th slice of the epoch's order. */
 #include "data/image_internal.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ struct keel_image_loader {
     float *mean_scaled;
     int64_t batch, batches;
     int64_t tasks;         /* samples assembled per epoch */
+    int64_t shard_count, shard_index;
     int views;
     size_t view_floats;    /* 3 x crop x crop */
     bool shuffle;
@@ -85,6 +87,13 @@ static void make_order(keel_image_loader *l)
     }
 }
 
+/* Where task t's sample sits in the epoch's order. */
+static int64_t order_position(const keel_image_loader *l, int64_t task)
+{
+    int64_t k = task / l->batch, i = task % l->batch;
+    return (k * l->shard_count + l->shard_index) * l->batch + i;
+}
+
 static int64_t batch_size(const keel_image_loader *l, int64_t k)
 {
     int64_t left = l->tasks - k * l->batch;
@@ -127,7 +136,7 @@ static void run_task(keel_image_loader *l, loader_worker *w, int64_t task)
 {
     int64_t k = task / l->batch, i = task % l->batch;
     int slot = (int)(k % l->slots);
-    int64_t index = l->order[task], used = index;
+    int64_t index = l->order[order_position(l, task)], used = index;
     float *out = l->images[slot] + (size_t)(i * l->views) * l->view_floats;
     keel_status st = read_sample(l, w, index, &used);
     uint64_t seed = keel_augment_seed(l->seed, l->epoch, index);
@@ -188,16 +197,21 @@ static keel_status check_opts(const keel_image_dataset *d, const keel_image_load
                          o->workers, o->queue_depth);
     if ((o->host_alloc == NULL) != (o->host_free == NULL))
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "host_alloc and host_free must be given together");
+    if (o->shard_count < 0 || (o->shard_count > 0 && (o->shard_index < 0 || o->shard_index >= o->shard_count)))
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "shard %d of %d does not exist", o->shard_index, o->shard_count);
+    if (o->shard_count > 1 && !o->drop_last)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "a sharded loader needs drop_last, so every shard gets full batches");
     keel_status st = keel_augment_check(&o->augment);
     if (st != KEEL_OK)
         return st;
     if (o->augment.mode != KEEL_CROP_RANDOM_RESIZED && d->short_side > 0 && d->short_side < o->augment.crop_size)
         return keel_fail(KEEL_ERR_SHAPE, "%d-pixel crops do not fit in images with a %d-pixel short side",
                          o->augment.crop_size, d->short_side);
-    if (o->drop_last && d->count < o->batch)
+    int64_t global_batch = o->batch * (o->shard_count > 1 ? o->shard_count : 1);
+    if (o->drop_last && d->count < global_batch)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT,
                          "the dataset has %lld images, fewer than one batch of %lld, so drop_last leaves no batches",
-                         (long long)d->count, (long long)o->batch);
+                         (long long)d->count, (long long)global_batch);
     return KEEL_OK;
 }
 
@@ -280,7 +294,9 @@ keel_status keel_image_loader_create(keel_image_loader **out, keel_image_dataset
     l->dataset = d;
     l->augment = o->augment;
     l->batch = o->batch;
-    l->batches = o->drop_last ? d->count / o->batch : (d->count + o->batch - 1) / o->batch;
+    l->shard_count = o->shard_count > 1 ? o->shard_count : 1;
+    l->shard_index = o->shard_count > 1 ? o->shard_index : 0;
+    l->batches = o->drop_last ? d->count / (o->batch * l->shard_count) : (d->count + o->batch - 1) / o->batch;
     l->tasks = o->drop_last ? l->batches * o->batch : d->count;
     l->views = keel_augment_views(&o->augment);
     l->view_floats = 3 * (size_t)o->augment.crop_size * o->augment.crop_size;

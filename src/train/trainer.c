@@ -1,8 +1,11 @@
 /* The training loop: build, differentiate and compile a model, then per
  * epoch feed shuffled batches through forward, backward and one fused
- * optimiser step, evaluate on the test set, and checkpoint. */
+ * optimiser step, evaluate on the test set, and checkpoint. The batches come
+ * from an in-memory dataset's loader or from an image dataset's worker
+ * threads, through one batch source. */
 #include "train/train_internal.h"
 #include "train/trainer_internal.h"
+#include "data/image_internal.h"
 #include "dist/distributed.h"
 #include "keel/keel.h"
 #include <math.h>
@@ -20,8 +23,13 @@ struct keel_trainer {
     keel_model_io io;
     keel_plan *plan;
     keel_optimizer *optimizer;
-    keel_loader *train_loader, *test_loader;
+    keel_batch_source train_source, test_source;
+    bool has_test;
     keel_dist *dist;               /* data parallelism, or NULL */
+
+    bool images;                   /* image datasets rather than in-memory ones */
+    keel_augment_opts train_augment, test_augment; /* with defaults filled in */
+    float *train_mean_image, *test_mean_image;     /* the trainer's copies */
 
     int channels, height, width, classes;
     float *mean, *std;             /* normalisation per channel (NULL when off) */
@@ -67,20 +75,134 @@ static keel_status check_schedule(const keel_schedule *s)
     return KEEL_OK;
 }
 
+static int64_t train_size(const keel_trainer_opts *o)
+{
+    return o->train ? keel_dataset_size(o->train) : keel_image_dataset_size(o->train_images);
+}
+
 static keel_status check_opts(const keel_trainer_opts *o)
 {
-    if (!o->train)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer needs a training set (opts.train)");
+    if (!o->train == !o->train_images)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer needs exactly one training set: opts.train (in "
+                         "memory) or opts.train_images (an image folder, list or packed shards)");
+    if ((o->train && o->test_images) || (o->train_images && o->test))
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the test set must be of the training set's kind: opts.test "
+                         "with opts.train, opts.test_images with opts.train_images");
     if (!o->model && !o->build)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer needs a model name or a build function");
     if (o->batch < 1)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the batch size must be at least 1, got %lld", (long long)o->batch);
     if (o->epochs < 1)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the number of epochs must be at least 1, got %d", o->epochs);
-    if (keel_dataset_size(o->train) < o->batch)
+    if (o->workers < 0 || o->workers > 1024)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "workers must be in [0, 1024], got %d", o->workers);
+    if (train_size(o) < o->batch)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the training set has %lld images, fewer than one batch of %lld",
-                         (long long)keel_dataset_size(o->train), (long long)o->batch);
+                         (long long)train_size(o), (long long)o->batch);
     return check_schedule(&o->schedule);
+}
+
+/* ---- image augmentation ---------------------------------------------------- */
+
+static bool all_zero(const float *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (v[i] != 0.0f)
+            return false;
+    return true;
+}
+
+static bool augment_unset(const keel_augment_opts *o)
+{
+    return o->mode == 0 && o->crop_size == 0 && !o->mirror && o->scale_min == 0.0f && o->scale_max == 0.0f &&
+           o->ratio_min == 0.0f && o->ratio_max == 0.0f && all_zero(o->mean, 3) && all_zero(o->std, 3) &&
+           !o->mean_image && o->lighting_std == 0.0f;
+}
+
+/* The options as documented in train.h: all zero means the mode's
+ * defaults; otherwise fields left 0 take them. */
+static keel_augment_opts resolve_augment(const keel_augment_opts *given, keel_crop_mode fallback)
+{
+    if (augment_unset(given))
+        return keel_augment_defaults(fallback);
+    keel_augment_opts base = keel_augment_defaults(given->mode), o = *given;
+    if (o.crop_size == 0)
+        o.crop_size = base.crop_size;
+    if (o.scale_min == 0.0f && o.scale_max == 0.0f) {
+        o.scale_min = base.scale_min;
+        o.scale_max = base.scale_max;
+    }
+    if (o.ratio_min == 0.0f && o.ratio_max == 0.0f) {
+        o.ratio_min = base.ratio_min;
+        o.ratio_max = base.ratio_max;
+    }
+    if (all_zero(o.std, 3)) {
+        if (all_zero(o.mean, 3))
+            memcpy(o.mean, base.mean, sizeof o.mean);
+        memcpy(o.std, base.std, sizeof o.std);
+    }
+    return o;
+}
+
+static keel_status copy_mean_image(keel_augment_opts *o, float **copy)
+{
+    if (!o->mean_image)
+        return KEEL_OK;
+    size_t floats = 3 * (size_t)o->crop_size * (size_t)o->crop_size;
+    *copy = malloc(floats * sizeof **copy);
+    if (!*copy)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory copying the mean image");
+    memcpy(*copy, o->mean_image, floats * sizeof **copy);
+    o->mean_image = *copy;
+    return KEEL_OK;
+}
+
+static keel_status set_augment(keel_trainer *t)
+{
+    t->train_augment = resolve_augment(&t->opts.train_augment, KEEL_CROP_RANDOM_RESIZED);
+    t->test_augment = resolve_augment(&t->opts.test_augment, KEEL_CROP_CENTER);
+    if (t->train_augment.mode == KEEL_CROP_TEN)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "ten-crop views are for evaluation; train with a random, "
+                         "random-resized or centre crop");
+    keel_status st = keel_augment_check(&t->train_augment);
+    if (st == KEEL_OK)
+        st = keel_augment_check(&t->test_augment);
+    if (st != KEEL_OK)
+        return keel_fail_prefix(st, "image augmentation: ");
+    if (t->test_augment.crop_size != t->train_augment.crop_size)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the test crop (%d) differs from the training crop (%d), but the "
+                         "model takes one input size", t->test_augment.crop_size, t->train_augment.crop_size);
+    st = copy_mean_image(&t->train_augment, &t->train_mean_image);
+    if (st == KEEL_OK)
+        st = copy_mean_image(&t->test_augment, &t->test_mean_image);
+    return st;
+}
+
+static const char *crop_mode_text(keel_crop_mode mode)
+{
+    switch (mode) {
+    case KEEL_CROP_RANDOM: return "random crop";
+    case KEEL_CROP_RANDOM_RESIZED: return "random-resized crop";
+    case KEEL_CROP_CENTER: return "centre crop";
+    case KEEL_CROP_TEN: return "ten crops";
+    }
+    return "crop";
+}
+
+/* "random-resized crop 224 (area 0.08-1, ratio 0.75-1.33), mirrored, PCA
+ * lighting 0.1": what a checkpoint records and describe() prints. */
+static const char *augment_text(const keel_augment_opts *o, char *buf, size_t size)
+{
+    int used = snprintf(buf, size, "%s %d", crop_mode_text(o->mode), o->crop_size);
+    if (o->mode == KEEL_CROP_RANDOM_RESIZED && used > 0 && (size_t)used < size)
+        used += snprintf(buf + used, size - (size_t)used, " (area %g-%g, ratio %.3g-%.3g)", (double)o->scale_min,
+                         (double)o->scale_max, (double)o->ratio_min, (double)o->ratio_max);
+    bool random = o->mode == KEEL_CROP_RANDOM || o->mode == KEEL_CROP_RANDOM_RESIZED;
+    if (random && o->mirror && used > 0 && (size_t)used < size)
+        used += snprintf(buf + used, size - (size_t)used, ", mirrored");
+    if (o->lighting_std > 0.0f && used > 0 && (size_t)used < size)
+        snprintf(buf + used, size - (size_t)used, ", PCA lighting %g", (double)o->lighting_std);
+    return buf;
 }
 
 static keel_status check_test_set(const keel_trainer *t, const keel_dataset *d)
@@ -98,7 +220,7 @@ static keel_status check_test_set(const keel_trainer *t, const keel_dataset *d)
 
 static keel_status set_normalization(keel_trainer *t)
 {
-    if (t->opts.no_normalize)
+    if (t->opts.no_normalize || t->images)
         return KEEL_OK;
     t->mean = calloc((size_t)t->channels, sizeof *t->mean);
     t->std = calloc((size_t)t->channels, sizeof *t->std);
@@ -138,36 +260,62 @@ static keel_status build_model(keel_trainer *t)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "model '%s' did not set its images, labels, logits and loss nodes",
                          t->model_name);
     int64_t batch = 0;
-    st = keel_check_eval_io(&t->io, t->opts.train, &batch);
+    st = keel_check_eval_io(&t->io, t->channels, t->height, t->width, t->classes, &batch);
     if (st != KEEL_OK)
         return keel_fail_prefix(st, "model '%s': ", t->model_name);
     keel_graph_keep(t->graph, t->io.logits);
     return keel_graph_backward(t->graph, t->io.loss);
 }
 
-static keel_status create_loaders(keel_trainer *t)
+static keel_status create_image_loaders(keel_trainer *t)
 {
-    keel_loader_opts train = {
-        .batch = t->opts.batch,
+    keel_image_loader_opts train = {
+        .workers = t->opts.workers,
         .shuffle = true,
-        .seed = t->opts.seed,
         .drop_last = true,
-        .no_prefetch = t->opts.no_prefetch,
+        .seed = t->opts.seed,
+        .augment = t->train_augment,
         .shard_count = keel_dist_size(t->dist),
         .shard_index = keel_dist_rank(t->dist),
     };
+    keel_status st = keel_batch_source_images(&t->train_source, t->plan, t->opts.batch, t->opts.train_images, &train);
+    if (st == KEEL_OK && t->opts.test_images) {
+        keel_image_loader_opts test = {.workers = t->opts.workers, .augment = t->test_augment};
+        st = keel_batch_source_images(&t->test_source, t->plan, t->opts.batch, t->opts.test_images, &test);
+        t->has_test = true;
+    }
+    return st;
+}
+
+static keel_status create_loaders(keel_trainer *t)
+{
     int64_t global_batch = t->opts.batch * keel_dist_size(t->dist);
-    if (keel_dataset_size(t->opts.train) < global_batch)
+    if (train_size(&t->opts) < global_batch)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the training set has %lld images, fewer than one global batch "
-                         "of %d ranks x %lld", (long long)keel_dataset_size(t->opts.train), keel_dist_size(t->dist),
+                         "of %d ranks x %lld", (long long)train_size(&t->opts), keel_dist_size(t->dist),
                          (long long)t->opts.batch);
-    keel_status st = keel_loader_create(&t->train_loader, t->opts.train, &train);
-    if (st == KEEL_OK && t->opts.test) {
-        keel_loader_opts test = {.batch = t->opts.batch, .no_prefetch = t->opts.no_prefetch};
-        st = keel_loader_create(&t->test_loader, t->opts.test, &test);
+    keel_status st;
+    if (t->images) {
+        st = create_image_loaders(t);
+    } else {
+        keel_loader_opts train = {
+            .batch = t->opts.batch,
+            .shuffle = true,
+            .seed = t->opts.seed,
+            .drop_last = true,
+            .no_prefetch = t->opts.no_prefetch,
+            .shard_count = keel_dist_size(t->dist),
+            .shard_index = keel_dist_rank(t->dist),
+        };
+        st = keel_batch_source_dataset(&t->train_source, t->opts.train, &train);
+        if (st == KEEL_OK && t->opts.test) {
+            keel_loader_opts test = {.batch = t->opts.batch, .no_prefetch = t->opts.no_prefetch};
+            st = keel_batch_source_dataset(&t->test_source, t->opts.test, &test);
+            t->has_test = true;
+        }
     }
     if (st == KEEL_OK)
-        t->steps_per_epoch = keel_loader_batches(t->train_loader);
+        t->steps_per_epoch = keel_batch_source_batches(&t->train_source);
     return st;
 }
 
@@ -200,11 +348,27 @@ static char *rank_device(const keel_trainer_opts *o)
     return keel_strdup(buf);
 }
 
+/* The model's input: the training set's images, or 3 x crop x crop. */
+static keel_status set_input_shape(keel_trainer *t)
+{
+    if (!t->images) {
+        keel_dataset_image_shape(t->opts.train, &t->channels, &t->height, &t->width);
+        t->classes = keel_dataset_classes(t->opts.train);
+        return t->opts.test ? check_test_set(t, t->opts.test) : KEEL_OK;
+    }
+    keel_status st = set_augment(t);
+    t->channels = 3;
+    t->height = t->width = t->train_augment.crop_size;
+    t->classes = keel_image_dataset_classes(t->opts.train_images);
+    if (st == KEEL_OK && t->opts.test_images && keel_image_dataset_classes(t->opts.test_images) > t->classes)
+        return keel_fail(KEEL_ERR_SHAPE, "the test set has %d classes but the training set %d",
+                         keel_image_dataset_classes(t->opts.test_images), t->classes);
+    return st;
+}
+
 static keel_status create(keel_trainer *t)
 {
-    keel_dataset_image_shape(t->opts.train, &t->channels, &t->height, &t->width);
-    t->classes = keel_dataset_classes(t->opts.train);
-    keel_status st = t->opts.test ? check_test_set(t, t->opts.test) : KEEL_OK;
+    keel_status st = set_input_shape(t);
     if (st == KEEL_OK)
         st = set_normalization(t);
     if (st == KEEL_OK)
@@ -243,6 +407,7 @@ keel_status keel_trainer_create(keel_trainer **out, keel_context *ctx, const kee
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory creating the trainer");
     t->ctx = ctx;
     t->opts = *opts;
+    t->images = opts->train_images != NULL;
     t->model_name = keel_strdup(opts->build ? (opts->model ? opts->model : "custom") : opts->model);
     t->device = rank_device(opts);
     t->save_path = opts->save_path ? keel_strdup(opts->save_path) : NULL;
@@ -265,8 +430,8 @@ void keel_trainer_destroy(keel_trainer *t)
 {
     if (!t)
         return;
-    keel_loader_destroy(t->train_loader);
-    keel_loader_destroy(t->test_loader);
+    keel_batch_source_release(&t->train_source);
+    keel_batch_source_release(&t->test_source);
     keel_dist_destroy(t->dist);
     keel_optimizer_destroy(t->optimizer);
     keel_plan_destroy(t->plan);
@@ -274,6 +439,8 @@ void keel_trainer_destroy(keel_trainer *t)
     free(t->logits);
     free(t->mean);
     free(t->std);
+    free(t->train_mean_image);
+    free(t->test_mean_image);
     free(t->history);
     free(t->model_name);
     free(t->device);
@@ -343,7 +510,7 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
         .global_step = t->global_step,
         .lr = lr_at(t, t->global_step),
     };
-    keel_status st = keel_loader_start_epoch(t->train_loader, t->epochs_done);
+    keel_status st = keel_batch_source_start(&t->train_source, t->epochs_done);
     if (st != KEEL_OK)
         return st;
     report(t, &p);
@@ -351,14 +518,12 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
     int64_t global_batch = t->opts.batch * keel_dist_size(t->dist);
     p.event = KEEL_PROGRESS_STEP;
     for (;;) {
-        const float *images;
-        const int32_t *labels;
-        int64_t count = 0;
-        st = keel_loader_next(t->train_loader, &images, &labels, &count);
-        if (st != KEEL_OK || count == 0)
+        keel_batch b;
+        st = keel_batch_source_next(&t->train_source, &b);
+        if (st != KEEL_OK || b.count == 0)
             break;
         p.lr = lr_at(t, t->global_step);
-        st = train_step(t, images, labels, p.lr, &p.loss);
+        st = train_step(t, b.images, b.labels, p.lr, &p.loss);
         if (st != KEEL_OK)
             return st;
         if (!isfinite(p.loss))
@@ -410,16 +575,16 @@ keel_status keel_trainer_epoch(keel_trainer *t, keel_epoch_stats *out)
         .images_per_second = stats.images_per_second,
         .elapsed_seconds = stats.seconds,
     };
-    if (t->dist && (t->test_loader || t->save_path)) {
+    if (t->dist && (t->has_test || t->save_path)) {
         st = keel_dist_average_state(t->dist);
         if (st != KEEL_OK)
             return st;
     }
-    if (t->test_loader) {
+    if (t->has_test) {
         p.event = KEEL_PROGRESS_EVAL_BEGIN;
         report(t, &p);
         double start = keel_train_now();
-        st = keel_eval_loop(t->plan, &t->io, t->test_loader, t->logits, &stats.eval);
+        st = keel_eval_loop(t->plan, &t->io, &t->test_source, t->logits, &stats.eval);
         if (st != KEEL_OK)
             return keel_fail_prefix(st, "evaluating after epoch %d: ", stats.epoch);
         stats.evaluated = true;
@@ -456,16 +621,29 @@ keel_status keel_trainer_evaluate(keel_trainer *t, keel_dataset *d, keel_eval_re
     if (!t || !out)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_evaluate: trainer and out are required");
     if (!d) {
-        if (!t->test_loader)
+        if (!t->has_test)
             return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer has no test set; pass a dataset to evaluate");
-        return keel_eval_loop(t->plan, &t->io, t->test_loader, t->logits, out);
+        return keel_eval_loop(t->plan, &t->io, &t->test_source, t->logits, out);
     }
+    if (t->images)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "this trainer trains on images; evaluate another image dataset "
+                         "with keel_trainer_evaluate_images");
     keel_status st = check_test_set(t, d);
     if (st == KEEL_OK && t->mean)
         st = keel_dataset_set_normalization(d, t->mean, t->std);
     if (st == KEEL_OK)
         st = keel_evaluate(t->plan, &t->io, d, out);
     return st;
+}
+
+keel_status keel_trainer_evaluate_images(keel_trainer *t, keel_image_dataset *d, keel_eval_result *out)
+{
+    if (!t || !d || !out)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_evaluate_images: trainer, dataset and out are required");
+    if (!t->images)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "this trainer trains on an in-memory dataset; evaluate with "
+                         "keel_trainer_evaluate");
+    return keel_evaluate_images(t->plan, &t->io, d, &t->test_augment, t->opts.workers, out);
 }
 
 /* ---- checkpoints ------------------------------------------------------------ */
@@ -518,7 +696,7 @@ static keel_status parse_history(keel_trainer *t, const char *text, const char *
         s.lr = (float)lr;
         s.evaluated = evaluated != 0;
         s.eval.samples = samples;
-        s.eval.has_top5 = t->logits_classes > 10;
+        s.eval.has_top5 = t->images || t->logits_classes > 10;
         keel_status st = add_history(t, &s);
         if (st != KEEL_OK)
             return st;
@@ -527,6 +705,23 @@ static keel_status parse_history(keel_trainer *t, const char *text, const char *
             c++;
     }
     return KEEL_OK;
+}
+
+/* Image datasets: the normalisation the augmentation applied (what `keel
+ * eval` needs to feed the model the same inputs) and the crops. */
+static keel_status write_image_metadata(keel_trainer *t, keel_st_writer *w)
+{
+    const keel_augment_opts *o = &t->train_augment;
+    char text[256];
+    keel_status st = keel_st_writer_set_metadata(w, "data", "images");
+    if (st == KEEL_OK && !o->mean_image) st = set_floats(w, "normalize.mean", o->mean, 3);
+    if (st == KEEL_OK && o->mean_image)
+        st = keel_st_writer_set_metadataf(w, "normalize.mean_image", "3x%dx%d", o->crop_size, o->crop_size);
+    if (st == KEEL_OK) st = set_floats(w, "normalize.std", o->std, 3);
+    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "augment.train", augment_text(o, text, sizeof text));
+    if (st == KEEL_OK && t->opts.test_images)
+        st = keel_st_writer_set_metadata(w, "augment.test", augment_text(&t->test_augment, text, sizeof text));
+    return st;
 }
 
 static keel_status write_metadata(keel_trainer *t, keel_st_writer *w)
@@ -553,6 +748,7 @@ static keel_status write_metadata(keel_trainer *t, keel_st_writer *w)
     if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "classes", "%lld", (long long)t->logits_classes);
     if (st == KEEL_OK && t->mean) st = set_floats(w, "normalize.mean", t->mean, t->channels);
     if (st == KEEL_OK && t->std) st = set_floats(w, "normalize.std", t->std, t->channels);
+    if (st == KEEL_OK && t->images) st = write_image_metadata(t, w);
     if (st == KEEL_OK) {
         char *history = format_history(t);
         st = history ? keel_st_writer_set_metadata(w, "history", history)
@@ -610,6 +806,11 @@ static void warn_differences(keel_trainer *t, const keel_st_file *f)
         keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with seed %llu, this run uses %llu (shuffling "
                          "and dropout differ from an uninterrupted run)", keel_st_file_path(f),
                          (unsigned long long)seed, (unsigned long long)t->opts.seed);
+    const char *augment = keel_st_file_metadata(f, "augment.train");
+    char text[256];
+    if (t->images && augment && strcmp(augment, augment_text(&t->train_augment, text, sizeof text)) != 0)
+        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with %s; continuing with %s", keel_st_file_path(f),
+                         augment, text);
     const char *lr = keel_st_file_metadata(f, "optimizer.lr");
     if (lr && strtof(lr, NULL) != t->opts.optimizer.lr)
         keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with learning rate %s; continuing with %g",
@@ -718,6 +919,26 @@ static const char *grouped(int64_t n, char *buf, size_t size)
     return buf;
 }
 
+static size_t describe_images(const keel_trainer *t, char *buf, size_t size, size_t used)
+{
+    const keel_augment_opts *o = &t->train_augment;
+    char text[256];
+    used = append(buf, size, used, "\naugment    train: %s", augment_text(o, text, sizeof text));
+    if (t->opts.test_images)
+        used = append(buf, size, used, "; test: %s%s", augment_text(&t->test_augment, text, sizeof text),
+                      t->test_augment.mode == KEEL_CROP_TEN ? " (softmax averaged)" : "");
+    if (o->mean_image)
+        used = append(buf, size, used, "\n           normalised with a %dx%d mean image, std", o->crop_size,
+                      o->crop_size);
+    else
+        used = append(buf, size, used, "\n           normalised with mean %.4g %.4g %.4g, std", (double)o->mean[0],
+                      (double)o->mean[1], (double)o->mean[2]);
+    used = append(buf, size, used, " %.4g %.4g %.4g; ", (double)o->std[0], (double)o->std[1], (double)o->std[2]);
+    if (t->opts.workers == 0)
+        return append(buf, size, used, "decoded on the training thread");
+    return append(buf, size, used, "decoded by %d worker thread%s", t->opts.workers, t->opts.workers == 1 ? "" : "s");
+}
+
 const char *keel_trainer_describe(const keel_trainer *t, char *buf, size_t size)
 {
     if (!buf || size == 0)
@@ -727,7 +948,7 @@ const char *keel_trainer_describe(const keel_trainer *t, char *buf, size_t size)
         return buf;
     const keel_trainer_opts *o = &t->opts;
     const keel_optimizer_opts *opt = &o->optimizer;
-    int64_t train_n = keel_dataset_size(o->train);
+    int64_t train_n = train_size(o);
     int ranks = keel_dist_size(t->dist);
     int64_t dropped = train_n - t->steps_per_epoch * o->batch * ranks;
     size_t used = 0;
@@ -735,12 +956,18 @@ const char *keel_trainer_describe(const keel_trainer *t, char *buf, size_t size)
     used = append(buf, size, used, "model      %s: %s parameters, input %dx%dx%d, %lld classes\n", t->model_name,
                   grouped(keel_graph_param_count(t->graph), a, sizeof a), t->channels, t->height, t->width,
                   (long long)t->logits_classes);
-    used = append(buf, size, used, "data       %s training images: %lld batches of %lld", grouped(train_n, b, sizeof b),
+    used = append(buf, size, used, "data       %s training images%s: %lld batches of %lld", grouped(train_n, b, sizeof b),
+                  !t->images ? "" : keel_image_dataset_is_packed(o->train_images) ? " (packed shards)" : " (image files)",
                   (long long)t->steps_per_epoch, (long long)(o->batch * ranks));
     if (dropped > 0)
         used = append(buf, size, used, " (the last %lld of each shuffled epoch left out)", (long long)dropped);
     if (o->test)
         used = append(buf, size, used, "; %s test images", grouped(keel_dataset_size(o->test), a, sizeof a));
+    if (o->test_images)
+        used = append(buf, size, used, "; %s validation images", grouped(keel_image_dataset_size(o->test_images), a,
+                                                                        sizeof a));
+    if (t->images)
+        used = describe_images(t, buf, size, used);
     if (t->dist)
         used = append(buf, size, used, "\nparallel   data-parallel over %d ranks: batch %lld per rank, an effective batch "
                       "of %lld; gradients are averaged, so lr %g steps on the mean over %lld images (%g would keep "

@@ -4,11 +4,51 @@
 
 #include "keel/train.h"
 
-/* Evaluates over every batch `loader` yields; logits is a host buffer of
- * batch x classes floats. */
-keel_status keel_eval_loop(keel_plan *plan, const keel_model_io *io, keel_loader *loader, float *logits,
+/* Batches for a plan of a fixed batch (`rows` images a pass) from either kind
+ * of loader: an in-memory dataset's keel_loader or an image dataset's
+ * keel_image_loader, whose views (ten crops) each take a row. The loader's
+ * batch is rows / views samples; when that leaves rows over, batches are
+ * copied into a buffer of `rows` rows whose tail stays zero. */
+typedef struct keel_batch_source {
+    keel_loader *loader;            /* an in-memory dataset, or */
+    keel_image_loader *images;      /* an image dataset */
+    int views;                      /* rows per sample */
+    int64_t rows;                   /* the plan's batch */
+    int64_t samples;                /* samples per batch */
+    size_t row_floats;
+    float *padded;                  /* rows x row_floats, or NULL */
+    int32_t *row_labels;            /* rows labels (views > 1), or NULL */
+    keel_plan *plan;                /* owns padded and row_labels */
+} keel_batch_source;
+
+typedef struct keel_batch {
+    const float *images;            /* rows x row_floats */
+    const int32_t *labels;          /* rows labels: a sample's, once per view */
+    const int32_t *sample_labels;   /* count labels, one per sample */
+    int64_t count;                  /* real samples; 0 at the end of the epoch */
+} keel_batch;
+
+keel_status keel_batch_source_dataset(keel_batch_source *s, const keel_dataset *d, const keel_loader_opts *opts);
+/* opts->batch is ignored: it becomes rows / views. Batch buffers come from
+ * keel_plan_host_alloc of `plan`. */
+keel_status keel_batch_source_images(keel_batch_source *s, keel_plan *plan, int64_t rows, keel_image_dataset *d,
+                                     const keel_image_loader_opts *opts);
+void keel_batch_source_release(keel_batch_source *s);
+keel_status keel_batch_source_start(keel_batch_source *s, int64_t epoch);
+keel_status keel_batch_source_next(keel_batch_source *s, keel_batch *b);
+int64_t keel_batch_source_batches(const keel_batch_source *s);
+
+/* Evaluates over every batch `source` yields; logits is a host buffer of
+ * rows x classes floats. */
+keel_status keel_eval_loop(keel_plan *plan, const keel_model_io *io, keel_batch_source *source, float *logits,
                            keel_eval_result *out);
-/* Checks that the model can be evaluated on d and returns its batch. */
-keel_status keel_check_eval_io(const keel_model_io *io, const keel_dataset *d, int64_t *batch);
+/* Checks that the model takes channels x height x width images and has at
+ * least `classes` outputs, and returns its batch. */
+keel_status keel_check_eval_io(const keel_model_io *io, int channels, int height, int width, int classes,
+                               int64_t *batch);
+/* The host-memory hooks of keel_image_loader_opts, backed by the plan passed
+ * as `user`. */
+void *keel_plan_host_alloc_hook(size_t bytes, void *user);
+void keel_plan_host_free_hook(void *ptr, void *user);
 
 #endif
