@@ -64,6 +64,23 @@ typedef struct keel_backend {
     /* Lets kernels on `device` read and write `peer`'s memory (two GPUs of
      * one plan); nothing to do for two queues on one GPU. */
     keel_status (*connect_peer)(keel_device *device, keel_device *peer);
+    /* Page-locked host memory, which the device reads without a bounce
+     * buffer (CUDA pinned memory); NULL: plain host memory serves. */
+    void *(*host_alloc)(keel_device *device, size_t bytes);
+    void (*host_free)(keel_device *device, void *ptr);
+    /* Input copies that overlap the step running on the device. copy_in
+     * starts copying from page-locked host memory into device memory
+     * `staging` on a queue of its own, after `staging_free` has passed, and
+     * records `copied` there; *started is false (and nothing happens) for
+     * other host memory. copy_in_finish, queued when the next forward pass
+     * starts, waits on the host until the copy is done (the caller may then
+     * reuse its buffer), moves the batch from staging to `dst` in the
+     * device's queue, and records `staging_free` behind that. The events come
+     * from event_create. NULL: inputs are plain uploads. */
+    keel_status (*copy_in)(keel_device *device, void *staging, const void *src, size_t bytes, void *copied,
+                           void *staging_free, bool *started);
+    keel_status (*copy_in_finish)(keel_device *device, void *dst, const void *staging, size_t bytes, void *copied,
+                                  void *staging_free);
     keel_prepare_fn prepare[KEEL_OP_COUNT];   /* NULL: no workspace, no algorithm */
     void (*release_algo)(keel_device *device, void *algo);
     keel_kernel_fn run[KEEL_OP_COUNT];         /* NULL: op unsupported */

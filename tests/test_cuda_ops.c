@@ -654,6 +654,74 @@ static void test_towers_on_streams_and_gpus(void **state)
         printf("one GPU: cuda:0,cuda:1 not run\n");
 }
 
+/* ---- inputs copied while a step runs -------------------------------------------------------------------
+ * Batches in page-locked memory (keel_plan_host_alloc) go up on the copy
+ * stream while the previous step runs, as the trainer feeds them: step k's
+ * loss is read after batch k + 1 was set. Each loss must still be its own
+ * batch's, as with pageable memory and a plain upload after each read. */
+static void run_fed_steps(bool page_locked, float *losses)
+{
+    enum { BATCH = 8, STEPS = 3 };
+    keel_graph *g = keel_graph_new();
+    keel_node *x = keel_input(g, "x", 4, (int64_t[]){BATCH, 3, 12, 12});
+    keel_node *labels = keel_input_labels(g, "labels", BATCH);
+    keel_conv2d_opts c3 = conv_opts(3, 1, 1, 1, 1);
+    keel_node *h = keel_relu(g, NULL, keel_conv2d(g, "conv", x, 4, &c3));
+    keel_node *loss = keel_softmax_cross_entropy(g, "loss", keel_linear(g, "fc", keel_flatten(g, NULL, h), 10, NULL),
+                                                 labels);
+    keel_graph_keep(g, loss);
+    KS_OK(keel_graph_backward(g, loss));
+    keel_plan_opts opts = {.devices = "cuda:0", .seed = SEED, .strict_fp32 = true};
+    keel_plan *plan = NULL;
+    KS_OK(keel_plan_compile(&plan, g, ctx, &opts));
+    size_t floats = (size_t)BATCH * 3 * 12 * 12;
+    float *host[2];
+    int32_t label_values[BATCH];
+    for (int i = 0; i < 2; i++) {
+        host[i] = page_locked ? keel_plan_host_alloc(plan, floats * sizeof(float)) : malloc(floats * sizeof(float));
+        assert_non_null(host[i]);
+    }
+    for (int i = 0; i < BATCH; i++)
+        label_values[i] = i % 10;
+    KS_OK(keel_plan_set_input(plan, labels, label_values));
+    ks_fill_uniform(host[0], (int64_t)floats, 100, -1.0f, 1.0f);
+    KS_OK(keel_plan_set_input(plan, x, host[0]));
+    for (int k = 0; k < STEPS; k++) {
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+        float *next = host[(k + 1) % 2];
+        ks_fill_uniform(next, (int64_t)floats, 101 + (uint64_t)k, -1.0f, 1.0f);
+        if (page_locked)
+            KS_OK(keel_plan_set_input(plan, x, next)); /* before the read: overlaps step k */
+        KS_OK(keel_plan_read(plan, loss, &losses[k]));
+        if (!page_locked)
+            KS_OK(keel_plan_set_input(plan, x, next));
+    }
+    for (int i = 0; i < 2; i++) {
+        if (page_locked)
+            keel_plan_host_free(plan, host[i]);
+        else
+            free(host[i]);
+    }
+    keel_plan_destroy(plan);
+    keel_graph_free(g);
+}
+
+static void test_inputs_copied_during_step(void **state)
+{
+    (void)state;
+    need_gpu();
+    float overlapped[3], plain[3];
+    run_fed_steps(true, overlapped);
+    run_fed_steps(false, plain);
+    for (int k = 0; k < 3; k++) {
+        printf("step %d: loss %.7f (page-locked, copied during the step) %.7f (plain upload)\n", k,
+               (double)overlapped[k], (double)plain[k]);
+        assert_true(overlapped[k] == plain[k]);
+    }
+    assert_true(plain[0] != plain[1] && plain[1] != plain[2]); /* three different batches */
+}
+
 /* ---- without a GPU ----------------------------------------------------------------------------------------
  * The table is complete (every op the CPU runs has a CUDA kernel), and a
  * plan for cuda:0 on a machine without one fails at compile time, saying so. */
@@ -713,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_bad_label),
         cmocka_unit_test(test_lenet5_learns),
         cmocka_unit_test(test_towers_on_streams_and_gpus),
+        cmocka_unit_test(test_inputs_copied_during_step),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

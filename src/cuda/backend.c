@@ -95,6 +95,10 @@ static void cuda_close(keel_device *d)
         cublasDestroy(d->cublas);
     if (d->cudnn)
         cudnnDestroy(d->cudnn);
+    if (d->copy_stream) {
+        cudaStreamSynchronize(d->copy_stream);
+        cudaStreamDestroy(d->copy_stream);
+    }
     if (d->stream)
         cudaStreamDestroy(d->stream);
     keel_cuda_pool_destroy(&d->pool);
@@ -106,6 +110,7 @@ static keel_status open_handles(keel_device *d)
 {
     KEEL_CUDA_TRY(d->name, cudaSetDevice, (d->ordinal));
     KEEL_CUDA_TRY(d->name, cudaStreamCreateWithFlags, (&d->stream, cudaStreamNonBlocking));
+    KEEL_CUDA_TRY(d->name, cudaStreamCreateWithFlags, (&d->copy_stream, cudaStreamNonBlocking));
     cudnnStatus_t cst = cudnnCreate(&d->cudnn);
     if (cst != CUDNN_STATUS_SUCCESS) {
         d->cudnn = NULL;
@@ -300,6 +305,65 @@ keel_status keel_cudnn_deviceprop_json(int index, char *buf, size_t size)
     return st;
 }
 
+/* ---- host memory and input copies ------------------------------------------------------------- */
+
+static void *cuda_host_alloc(keel_device *d, size_t bytes)
+{
+    if (keel_cuda_enter(d) != KEEL_OK)
+        return NULL;
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_host_free(keel_device *d, void *p)
+{
+    if (p && keel_cuda_enter(d) == KEEL_OK)
+        cudaFreeHost(p);
+}
+
+static bool page_locked(const void *p)
+{
+    struct cudaPointerAttributes attrs;
+    if (cudaPointerGetAttributes(&attrs, p) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return attrs.type == cudaMemoryTypeHost;
+}
+
+/* The batch goes up on the copy stream while the compute stream still runs
+ * the previous step; it waits only for the last step's move out of staging. */
+static keel_status cuda_copy_in(keel_device *d, void *staging, const void *src, size_t bytes, void *copied,
+                                void *staging_free, bool *started)
+{
+    *started = false;
+    keel_status st = keel_cuda_enter(d);
+    if (st != KEEL_OK || !page_locked(src))
+        return st;
+    KEEL_CUDA_TRY(d->name, cudaStreamWaitEvent, (d->copy_stream, (cudaEvent_t)staging_free, 0));
+    KEEL_CUDA_TRY(d->name, cudaMemcpyAsync, (staging, src, bytes, cudaMemcpyHostToDevice, d->copy_stream));
+    KEEL_CUDA_TRY(d->name, cudaEventRecord, ((cudaEvent_t)copied, d->copy_stream));
+    *started = true;
+    return KEEL_OK;
+}
+
+static keel_status cuda_copy_in_finish(keel_device *d, void *dst, const void *staging, size_t bytes, void *copied,
+                                       void *staging_free)
+{
+    keel_status st = keel_cuda_enter(d);
+    if (st != KEEL_OK)
+        return st;
+    KEEL_CUDA_TRY(d->name, cudaEventSynchronize, ((cudaEvent_t)copied));
+    KEEL_CUDA_TRY(d->name, cudaStreamWaitEvent, (d->stream, (cudaEvent_t)copied, 0));
+    KEEL_CUDA_TRY(d->name, cudaMemcpyAsync, (dst, staging, bytes, cudaMemcpyDeviceToDevice, d->stream));
+    KEEL_CUDA_TRY(d->name, cudaEventRecord, ((cudaEvent_t)staging_free, d->stream));
+    return KEEL_OK;
+}
+
 /* ---- several streams and GPUs in one plan ---------------------------------------------------- */
 
 static keel_status cuda_event_create(keel_device *d, void **event)
@@ -384,6 +448,10 @@ const keel_backend keel_cuda_backend = {
     .event_record = cuda_event_record,
     .event_wait = cuda_event_wait,
     .connect_peer = cuda_connect_peer,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .copy_in = cuda_copy_in,
+    .copy_in_finish = cuda_copy_in_finish,
     .prepare = {
         [KEEL_OP_CONV2D] = keel_cuda_conv_prepare,
         [KEEL_OP_CONV2D_BWD_DATA] = keel_cuda_conv_prepare,

@@ -49,6 +49,7 @@ struct keel_device {
     int ordinal;
     char name[32];             /* "cuda:0" */
     cudaStream_t stream;
+    cudaStream_t copy_stream;  /* input copies that overlap the running step */
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
     cudnnBackendDescriptor_t deviceprop; /* cuDNN's profile of this GPU, or NULL */

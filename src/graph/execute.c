@@ -303,14 +303,45 @@ static keel_status copy_unbound_grads(keel_plan *plan)
     return KEEL_OK;
 }
 
+static int64_t node_bytes(const keel_node *x)
+{
+    return keel_node_numel(x) * (int64_t)keel_dtype_size(x->dtype);
+}
+
+/* Moves an input whose batch was copied in while the last step ran into
+ * place, behind that step's work. */
+static keel_status move_in(keel_plan *plan, const keel_node *x)
+{
+    keel_staged_input *in = plan->staged ? &plan->staged[x->id] : NULL;
+    if (!in || !in->pending)
+        return KEEL_OK;
+    in->pending = false;
+    return plan->backend->copy_in_finish(plan->device, plan->out_ptr[x->id], in->staging, (size_t)node_bytes(x),
+                                         in->copied, in->staging_free);
+}
+
+static keel_status move_in_all(keel_plan *plan)
+{
+    keel_graph *g = plan->graph;
+    for (int i = 0; plan->staged && i < g->n_nodes; i++) {
+        keel_status st = move_in(plan, g->nodes[i]);
+        if (st != KEEL_OK)
+            return st;
+    }
+    return KEEL_OK;
+}
+
 keel_status keel_plan_forward(keel_plan *plan, bool training)
 {
     if (!plan)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_plan_forward: plan is NULL");
+    keel_status st = move_in_all(plan);
+    if (st != KEEL_OK)
+        return st;
     if (training)
         plan->step++;
     plan->forward_done = false;
-    keel_status st = keel_plan_run_range(plan, 0, plan->n_forward, training);
+    st = keel_plan_run_range(plan, 0, plan->n_forward, training);
     if (st != KEEL_OK)
         return st;
     plan->forward_done = true;
@@ -336,11 +367,6 @@ keel_status keel_plan_backward(keel_plan *plan)
 
 /* ---- inputs, outputs, parameters ------------------------------------- */
 
-static int64_t node_bytes(const keel_node *x)
-{
-    return keel_node_numel(x) * (int64_t)keel_dtype_size(x->dtype);
-}
-
 static keel_status check_node(const keel_plan *plan, const keel_node *x, const char *what)
 {
     if (!plan || !x)
@@ -364,6 +390,18 @@ keel_status keel_plan_set_input(keel_plan *plan, const keel_node *input, const v
         return st;
     if (input->op != KEEL_OP_INPUT)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_plan_set_input: '%s' is not an input", input->name);
+    keel_staged_input *in = plan->staged ? &plan->staged[input->id] : NULL;
+    if (in && in->staging) {
+        /* Page-locked memory: the copy runs while the last step does. */
+        bool started = false;
+        st = plan->backend->copy_in(plan->device, in->staging, data, (size_t)node_bytes(input), in->copied,
+                                    in->staging_free, &started);
+        if (st != KEEL_OK || started) {
+            in->pending = started;
+            return st;
+        }
+        in->pending = false; /* a plain upload below replaces a batch still in staging */
+    }
     return plan->backend->upload(plan->device, plan->out_ptr[input->id], data, (size_t)node_bytes(input));
 }
 
@@ -376,6 +414,8 @@ keel_status keel_plan_read(keel_plan *plan, const keel_node *x, void *dst)
     if (!readable || !plan->out_ptr[x->id])
         return keel_fail(KEEL_ERR_STATE, "keel_plan_read: '%s' is not kept after a run; call keel_graph_keep "
                                          "before keel_plan_compile", x->name);
+    if (x->op == KEEL_OP_INPUT && (st = move_in(plan, x)) != KEEL_OK)
+        return st;
     const keel_plan_device *dev = home_of(plan, x);
     return dev->backend->download(dev->device, dst, plan->out_ptr[x->id], (size_t)node_bytes(x));
 }

@@ -645,6 +645,52 @@ static keel_status allocate_memory(keel_plan *plan)
     return be->fill(plan->device, plan->grad_block, 0.0f, (size_t)plan->param_floats + 16);
 }
 
+/* A staging buffer and two events per input, where the backend can copy
+ * inputs while a step runs. */
+static keel_status create_staging(keel_plan *plan)
+{
+    const keel_backend *be = plan->backend;
+    keel_graph *g = plan->graph;
+    if (!be->copy_in || !be->event_create)
+        return KEEL_OK;
+    plan->staged = calloc((size_t)g->n_nodes + 1, sizeof *plan->staged);
+    if (!plan->staged)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for input staging");
+    for (int i = 0; i < g->n_nodes; i++) {
+        keel_node *x = g->nodes[i];
+        if (x->op != KEEL_OP_INPUT || !plan->out_ptr[x->id])
+            continue;
+        keel_staged_input *in = &plan->staged[x->id];
+        in->staging = be->alloc(plan->device, (size_t)node_bytes(x));
+        if (!in->staging) {
+            char a[32];
+            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %s to stage input '%s' on %s",
+                             format_bytes(a, sizeof a, node_bytes(x)), x->name, plan->devices[0].name);
+        }
+        keel_status st = be->event_create(plan->device, &in->copied);
+        if (st == KEEL_OK)
+            st = be->event_create(plan->device, &in->staging_free);
+        if (st != KEEL_OK)
+            return st;
+    }
+    return KEEL_OK;
+}
+
+static void destroy_staging(keel_plan *plan)
+{
+    const keel_backend *be = plan->backend;
+    for (int i = 0; plan->staged && i < plan->graph->n_nodes; i++) {
+        keel_staged_input *in = &plan->staged[i];
+        if (in->staging)
+            be->free(plan->device, in->staging);
+        if (in->copied)
+            be->event_destroy(plan->device, in->copied);
+        if (in->staging_free)
+            be->event_destroy(plan->device, in->staging_free);
+    }
+    free(plan->staged);
+}
+
 static keel_status init_params(keel_plan *plan)
 {
     int64_t most = 0;
@@ -768,6 +814,8 @@ static keel_status compile(planner *pl, const keel_plan_opts *opts)
         st = init_params(plan);
     if (st == KEEL_OK)
         st = bind_pointers(pl);
+    if (st == KEEL_OK)
+        st = create_staging(plan);
     if (st == KEEL_OK && plan->poison_dead)
         st = list_dying(pl);
     if (st == KEEL_OK && plan->n_devices > 1)
@@ -829,6 +877,7 @@ void keel_plan_destroy(keel_plan *plan)
         if (plan->devices[d].device && plan->devices[d].backend->sync)
             plan->devices[d].backend->sync(plan->devices[d].device);
     destroy_events(plan);
+    destroy_staging(plan);
     for (int d = 0; d < plan->n_devices; d++) {
         keel_plan_device *dev = &plan->devices[d];
         if (!dev->device)

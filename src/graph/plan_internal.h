@@ -38,6 +38,15 @@ typedef struct keel_poison {
 
 typedef struct keel_workers keel_workers;
 
+/* An input that page-locked batches reach through a staging buffer on the
+ * device, copied there while the previous step still runs (backend
+ * copy_in) and moved into place when the next forward pass starts. */
+typedef struct keel_staged_input {
+    void *staging;
+    void *copied, *staging_free;  /* events */
+    bool pending;                 /* a copy waits to be moved in */
+} keel_staged_input;
+
 struct keel_plan {
     keel_graph *graph;
     keel_context *ctx;
@@ -69,6 +78,7 @@ struct keel_plan {
     void **node_events;
     void **end_events;
     void *start_event;
+    keel_staged_input *staged;    /* by node id (inputs), when the backend copies in; else NULL */
 
     int64_t arena_bytes, tensor_bytes, workspace_bytes; /* summed over devices */
 

@@ -466,13 +466,19 @@ static void report(const keel_trainer *t, keel_progress *p)
         t->opts.progress(p, t->opts.progress_user);
 }
 
-static keel_status train_step(keel_trainer *t, const float *images, const int32_t *labels, float lr, float *loss)
+static keel_status feed(keel_trainer *t, const keel_batch *b)
 {
-    keel_status st = keel_plan_set_input(t->plan, t->io.images, images);
+    keel_status st = keel_plan_set_input(t->plan, t->io.images, b->images);
     if (st == KEEL_OK)
-        st = keel_plan_set_input(t->plan, t->io.labels, labels);
-    if (st == KEEL_OK)
-        st = keel_plan_forward(t->plan, true);
+        st = keel_plan_set_input(t->plan, t->io.labels, b->labels);
+    return st;
+}
+
+/* Queues one step on the fed batch; on a GPU it may still be running when
+ * this returns. */
+static keel_status queue_step(keel_trainer *t, float lr)
+{
+    keel_status st = keel_plan_forward(t->plan, true);
     if (st == KEEL_OK && t->dist)
         keel_dist_begin_grads(t->dist);
     if (st == KEEL_OK)
@@ -481,8 +487,6 @@ static keel_status train_step(keel_trainer *t, const float *images, const int32_
         st = keel_dist_finish_grads(t->dist);
     if (st == KEEL_OK)
         st = keel_optimizer_step(t->optimizer, lr);
-    if (st == KEEL_OK)
-        st = keel_plan_read(t->plan, t->io.loss, loss);
     return st;
 }
 
@@ -517,13 +521,21 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
     double start = keel_train_now(), loss_sum = 0.0;
     int64_t global_batch = t->opts.batch * keel_dist_size(t->dist);
     p.event = KEEL_PROGRESS_STEP;
-    for (;;) {
-        keel_batch b;
-        st = keel_batch_source_next(&t->train_source, &b);
-        if (st != KEEL_OK || b.count == 0)
-            break;
+    keel_batch b = {0};
+    st = keel_batch_source_next(&t->train_source, &b);
+    if (st == KEEL_OK && b.count > 0)
+        st = feed(t, &b);
+    while (st == KEEL_OK && b.count > 0) {
         p.lr = lr_at(t, t->global_step);
-        st = train_step(t, b.images, b.labels, p.lr, &p.loss);
+        st = queue_step(t, p.lr);
+        /* The next batch goes to the device while this step runs there
+         * (reading the loss waits for the step). */
+        if (st == KEEL_OK)
+            st = keel_batch_source_next(&t->train_source, &b);
+        if (st == KEEL_OK && b.count > 0)
+            st = feed(t, &b);
+        if (st == KEEL_OK)
+            st = keel_plan_read(t->plan, t->io.loss, &p.loss);
         if (st != KEEL_OK)
             return st;
         if (!isfinite(p.loss))
