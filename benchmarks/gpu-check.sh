@@ -317,6 +317,34 @@ run() {
         record "alexnet b128 on $split" "rc=$? $(grep -E 'training step' "$LOGS/bench-alexnet-$split.log" | head -1)"
     done
 
+    note "resnet50 fed from packed shards against synthetic data"
+    if time_left 150 "resnet50 shards vs synthetic"; then
+        local images_dir="$OUT/images" keel="$BUILD/src/cli/keel"
+        # bench_images writes ImageNet-sized JPEGs and packs them (short side 256).
+        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$BUILD/benchmarks/bench_images" --dir "$images_dir" --images 2560 \
+            --classes 10 --threads "$(nproc)" --seconds 1 --pipeline rrc >"$LOGS/bench-images.log" 2>&1
+        record "image pipeline (rrc, all cores)" "$(grep -E '^keel packed' "$LOGS/bench-images.log" | tail -1)"
+        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 150 "$keel" train --model resnet50 --data "$images_dir/packed" \
+            --device cuda:0 --epochs 3 --batch 128 --workers "$(( $(nproc) - 2 ))" --no-test --schedule constant \
+            --lr 0.01 --progress lines >"$LOGS/train-resnet50-shards.log" 2>&1
+        local fed synthetic
+        fed=$(grep -E '^epoch 3/3 ' "$LOGS/train-resnet50-shards.log" | grep -oE '[0-9,]+ img/s' | tail -1 | tr -d ',')
+        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$keel" bench --model resnet50 --batch 128 --device cuda:0 \
+            --iters 10 --json >"$LOGS/bench-resnet50.log" 2>&1
+        synthetic=$(grep -oE '"train_images_per_second": [0-9.]+' "$LOGS/bench-resnet50.log" | awk '{print $2}')
+        record "resnet50 b128 from shards (3rd epoch)" "${fed:-failed (logs/train-resnet50-shards.log)}"
+        record "resnet50 b128 synthetic (keel bench)" "${synthetic:-failed} img/s; shards/synthetic = $(awk -v a="${fed% img/s}" \
+            -v b="${synthetic:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }') (target >= 0.9)"
+        rm -rf "$images_dir"
+    fi
+
+    note "DCGAN on the GPU"
+    if time_left 60 "keel gan on cuda:0"; then
+        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 90 "$BUILD/src/cli/keel" gan --device cuda:0 --epochs 1 --subset 6400 \
+            --no-score --out "$OUT/gan" --progress lines >"$LOGS/gan-cuda.log" 2>&1
+        record "keel gan --device cuda:0 (1 epoch x6400)" "rc=$? $(grep -E '^epoch 1/1' "$LOGS/gan-cuda.log" | tail -1)"
+    fi
+
     note "the long tests on cuda:0 (training, the model zoo)"
     for name in train models; do
         time_left 150 "test $name-on-cuda" || continue
