@@ -2,46 +2,17 @@
  * epoch feed shuffled batches through forward, backward and one fused
  * optimiser step, evaluate on the test set, and checkpoint. The batches come
  * from an in-memory dataset's loader or from an image dataset's worker
- * threads, through one batch source. */
+ * threads, through one batch source. Saving and resuming are in
+ * trainer_checkpoint.c, the image augmentation options in
+ * trainer_augment.c. */
 #include "train/train_internal.h"
 #include "train/trainer_internal.h"
-#include "data/image_internal.h"
-#include "dist/distributed.h"
 #include "keel/keel.h"
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct keel_trainer {
-    keel_context *ctx;
-    keel_trainer_opts opts;
-    char *model_name, *device, *save_path;
-
-    keel_graph *graph;
-    keel_model_io io;
-    keel_plan *plan;
-    keel_optimizer *optimizer;
-    keel_batch_source train_source, test_source;
-    bool has_test;
-    keel_dist *dist;               /* data parallelism, or NULL */
-
-    bool images;                   /* image datasets rather than in-memory ones */
-    keel_augment_opts train_augment, test_augment; /* with defaults filled in */
-    float *train_mean_image, *test_mean_image;     /* the trainer's copies */
-
-    int channels, height, width, classes;
-    float *mean, *std;             /* normalisation per channel (NULL when off) */
-    int64_t steps_per_epoch;
-    int64_t global_step;           /* optimiser steps so far */
-    int epochs_done;
-    float *logits;                 /* host, batch x classes, for evaluation */
-    int64_t logits_classes;
-
-    keel_epoch_stats *history;
-    int n_history, cap_history;
-};
 
 keel_trainer_opts keel_trainer_default_opts(void)
 {
@@ -100,109 +71,6 @@ static keel_status check_opts(const keel_trainer_opts *o)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the training set has %lld images, fewer than one batch of %lld",
                          (long long)train_size(o), (long long)o->batch);
     return check_schedule(&o->schedule);
-}
-
-/* ---- image augmentation ---------------------------------------------------- */
-
-static bool all_zero(const float *v, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (v[i] != 0.0f)
-            return false;
-    return true;
-}
-
-static bool augment_unset(const keel_augment_opts *o)
-{
-    return o->mode == 0 && o->crop_size == 0 && !o->mirror && o->scale_min == 0.0f && o->scale_max == 0.0f &&
-           o->ratio_min == 0.0f && o->ratio_max == 0.0f && all_zero(o->mean, 3) && all_zero(o->std, 3) &&
-           !o->mean_image && o->lighting_std == 0.0f;
-}
-
-/* The options as documented in train.h: all zero means the mode's
- * defaults; otherwise fields left 0 take them. */
-static keel_augment_opts resolve_augment(const keel_augment_opts *given, keel_crop_mode fallback)
-{
-    if (augment_unset(given))
-        return keel_augment_defaults(fallback);
-    keel_augment_opts base = keel_augment_defaults(given->mode), o = *given;
-    if (o.crop_size == 0)
-        o.crop_size = base.crop_size;
-    if (o.scale_min == 0.0f && o.scale_max == 0.0f) {
-        o.scale_min = base.scale_min;
-        o.scale_max = base.scale_max;
-    }
-    if (o.ratio_min == 0.0f && o.ratio_max == 0.0f) {
-        o.ratio_min = base.ratio_min;
-        o.ratio_max = base.ratio_max;
-    }
-    if (all_zero(o.std, 3)) {
-        if (all_zero(o.mean, 3))
-            memcpy(o.mean, base.mean, sizeof o.mean);
-        memcpy(o.std, base.std, sizeof o.std);
-    }
-    return o;
-}
-
-static keel_status copy_mean_image(keel_augment_opts *o, float **copy)
-{
-    if (!o->mean_image)
-        return KEEL_OK;
-    size_t floats = 3 * (size_t)o->crop_size * (size_t)o->crop_size;
-    *copy = malloc(floats * sizeof **copy);
-    if (!*copy)
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory copying the mean image");
-    memcpy(*copy, o->mean_image, floats * sizeof **copy);
-    o->mean_image = *copy;
-    return KEEL_OK;
-}
-
-static keel_status set_augment(keel_trainer *t)
-{
-    t->train_augment = resolve_augment(&t->opts.train_augment, KEEL_CROP_RANDOM_RESIZED);
-    t->test_augment = resolve_augment(&t->opts.test_augment, KEEL_CROP_CENTER);
-    if (t->train_augment.mode == KEEL_CROP_TEN)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "ten-crop views are for evaluation; train with a random, "
-                         "random-resized or centre crop");
-    keel_status st = keel_augment_check(&t->train_augment);
-    if (st == KEEL_OK)
-        st = keel_augment_check(&t->test_augment);
-    if (st != KEEL_OK)
-        return keel_fail_prefix(st, "image augmentation: ");
-    if (t->test_augment.crop_size != t->train_augment.crop_size)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the test crop (%d) differs from the training crop (%d), but the "
-                         "model takes one input size", t->test_augment.crop_size, t->train_augment.crop_size);
-    st = copy_mean_image(&t->train_augment, &t->train_mean_image);
-    if (st == KEEL_OK)
-        st = copy_mean_image(&t->test_augment, &t->test_mean_image);
-    return st;
-}
-
-static const char *crop_mode_text(keel_crop_mode mode)
-{
-    switch (mode) {
-    case KEEL_CROP_RANDOM: return "random crop";
-    case KEEL_CROP_RANDOM_RESIZED: return "random-resized crop";
-    case KEEL_CROP_CENTER: return "centre crop";
-    case KEEL_CROP_TEN: return "ten crops";
-    }
-    return "crop";
-}
-
-/* "random-resized crop 224 (area 0.08-1, ratio 0.75-1.33), mirrored, PCA
- * lighting 0.1": what a checkpoint records and describe() prints. */
-static const char *augment_text(const keel_augment_opts *o, char *buf, size_t size)
-{
-    int used = snprintf(buf, size, "%s %d", crop_mode_text(o->mode), o->crop_size);
-    if (o->mode == KEEL_CROP_RANDOM_RESIZED && used > 0 && (size_t)used < size)
-        used += snprintf(buf + used, size - (size_t)used, " (area %g-%g, ratio %.3g-%.3g)", (double)o->scale_min,
-                         (double)o->scale_max, (double)o->ratio_min, (double)o->ratio_max);
-    bool random = o->mode == KEEL_CROP_RANDOM || o->mode == KEEL_CROP_RANDOM_RESIZED;
-    if (random && o->mirror && used > 0 && (size_t)used < size)
-        used += snprintf(buf + used, size - (size_t)used, ", mirrored");
-    if (o->lighting_std > 0.0f && used > 0 && (size_t)used < size)
-        snprintf(buf + used, size - (size_t)used, ", PCA lighting %g", (double)o->lighting_std);
-    return buf;
 }
 
 static keel_status check_test_set(const keel_trainer *t, const keel_dataset *d)
@@ -356,7 +224,7 @@ static keel_status set_input_shape(keel_trainer *t)
         t->classes = keel_dataset_classes(t->opts.train);
         return t->opts.test ? check_test_set(t, t->opts.test) : KEEL_OK;
     }
-    keel_status st = set_augment(t);
+    keel_status st = keel_trainer_set_augment(t);
     t->channels = 3;
     t->height = t->width = t->train_augment.crop_size;
     t->classes = keel_image_dataset_classes(t->opts.train_images);
@@ -450,14 +318,15 @@ void keel_trainer_destroy(keel_trainer *t)
 
 /* ---- training ------------------------------------------------------------ */
 
-static int64_t total_steps(const keel_trainer *t)
+int64_t keel_trainer_total_steps(const keel_trainer *t)
 {
     return (int64_t)t->opts.epochs * t->steps_per_epoch;
 }
 
 static float lr_at(const keel_trainer *t, int64_t step)
 {
-    return keel_schedule_lr(&t->opts.schedule, t->opts.optimizer.lr, step, t->steps_per_epoch, total_steps(t));
+    return keel_schedule_lr(&t->opts.schedule, t->opts.optimizer.lr, step, t->steps_per_epoch,
+                            keel_trainer_total_steps(t));
 }
 
 static void report(const keel_trainer *t, keel_progress *p)
@@ -490,7 +359,7 @@ static keel_status queue_step(keel_trainer *t, float lr)
     return st;
 }
 
-static keel_status add_history(keel_trainer *t, const keel_epoch_stats *s)
+keel_status keel_trainer_add_history(keel_trainer *t, const keel_epoch_stats *s)
 {
     if (t->n_history == t->cap_history) {
         int cap = t->cap_history ? 2 * t->cap_history : 16;
@@ -603,7 +472,7 @@ keel_status keel_trainer_epoch(keel_trainer *t, keel_epoch_stats *out)
         stats.eval_seconds = keel_train_now() - start;
     }
     t->epochs_done++;
-    st = add_history(t, &stats);
+    st = keel_trainer_add_history(t, &stats);
     if (st == KEEL_OK && t->save_path && keel_dist_rank(t->dist) == 0)
         st = keel_trainer_save(t, t->save_path);
     if (st != KEEL_OK)
@@ -627,6 +496,8 @@ keel_status keel_trainer_run(keel_trainer *t)
     }
     return KEEL_OK;
 }
+
+/* ---- evaluation ---------------------------------------------------------- */
 
 keel_status keel_trainer_evaluate(keel_trainer *t, keel_dataset *d, keel_eval_result *out)
 {
@@ -656,229 +527,6 @@ keel_status keel_trainer_evaluate_images(keel_trainer *t, keel_image_dataset *d,
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "this trainer trains on an in-memory dataset; evaluate with "
                          "keel_trainer_evaluate");
     return keel_evaluate_images(t->plan, &t->io, d, &t->test_augment, t->opts.workers, out);
-}
-
-/* ---- checkpoints ------------------------------------------------------------ */
-
-static keel_status set_floats(keel_st_writer *w, const char *key, const float *v, int n)
-{
-    char buf[1024];
-    size_t used = 0;
-    for (int i = 0; i < n && used < sizeof buf; i++) {
-        char number[32];
-        used += (size_t)snprintf(buf + used, sizeof buf - used, "%s%s", i ? "," : "",
-                                 keel_float_str(v[i], number, sizeof number));
-    }
-    return keel_st_writer_set_metadata(w, key, buf);
-}
-
-/* "epoch,train_loss,seconds,images/s,lr,evaluated,samples,loss,top1,top5;..." */
-static char *format_history(const keel_trainer *t)
-{
-    size_t size = (size_t)t->n_history * 256 + 1;
-    char *buf = malloc(size);
-    if (!buf)
-        return NULL;
-    size_t used = 0;
-    buf[0] = '\0';
-    for (int i = 0; i < t->n_history; i++) {
-        const keel_epoch_stats *s = &t->history[i];
-        used += (size_t)snprintf(buf + used, size - used, "%s%d,%.9g,%.6g,%.6g,%.9g,%d,%lld,%.9g,%.9g,%.9g,%.6g",
-                                 i ? ";" : "", s->epoch, s->train_loss, s->seconds, s->images_per_second,
-                                 (double)s->lr, s->evaluated, (long long)s->eval.samples, s->eval.loss, s->eval.top1,
-                                 s->eval.top5, s->eval_seconds);
-    }
-    return buf;
-}
-
-static keel_status parse_history(keel_trainer *t, const char *text, const char *path)
-{
-    t->n_history = 0;
-    const char *c = text;
-    while (c && *c) {
-        keel_epoch_stats s = {0};
-        int evaluated = 0, used = 0;
-        long long samples = 0;
-        double lr = 0;
-        int n = sscanf(c, "%d,%lf,%lf,%lf,%lf,%d,%lld,%lf,%lf,%lf,%lf%n", &s.epoch, &s.train_loss, &s.seconds,
-                       &s.images_per_second, &lr, &evaluated, &samples, &s.eval.loss, &s.eval.top1, &s.eval.top5,
-                       &s.eval_seconds, &used);
-        if (n != 11 || (c[used] != ';' && c[used] != '\0'))
-            return keel_fail(KEEL_ERR_FORMAT, "%s: the history metadata is malformed near '%.40s'", path, c);
-        s.lr = (float)lr;
-        s.evaluated = evaluated != 0;
-        s.eval.samples = samples;
-        s.eval.has_top5 = t->images || t->logits_classes > 10;
-        keel_status st = add_history(t, &s);
-        if (st != KEEL_OK)
-            return st;
-        c += used;
-        if (*c == ';')
-            c++;
-    }
-    return KEEL_OK;
-}
-
-/* Image datasets: the normalisation the augmentation applied (what `keel
- * eval` needs to feed the model the same inputs) and the crops. */
-static keel_status write_image_metadata(keel_trainer *t, keel_st_writer *w)
-{
-    const keel_augment_opts *o = &t->train_augment;
-    char text[256];
-    keel_status st = keel_st_writer_set_metadata(w, "data", "images");
-    if (st == KEEL_OK && !o->mean_image) st = set_floats(w, "normalize.mean", o->mean, 3);
-    if (st == KEEL_OK && o->mean_image)
-        st = keel_st_writer_set_metadataf(w, "normalize.mean_image", "3x%dx%d", o->crop_size, o->crop_size);
-    if (st == KEEL_OK) st = set_floats(w, "normalize.std", o->std, 3);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "augment.train", augment_text(o, text, sizeof text));
-    if (st == KEEL_OK && t->opts.test_images)
-        st = keel_st_writer_set_metadata(w, "augment.test", augment_text(&t->test_augment, text, sizeof text));
-    return st;
-}
-
-static keel_status write_metadata(keel_trainer *t, keel_st_writer *w)
-{
-    char schedule[512];
-    keel_schedule_describe(&t->opts.schedule, t->opts.optimizer.lr, t->steps_per_epoch, total_steps(t), schedule,
-                           sizeof schedule);
-    keel_status st = keel_st_writer_set_metadata(w, "format", "pt");
-    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "keel.version", keel_version());
-    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "keel.kind", "checkpoint");
-    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "model", t->model_name);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "epoch", "%d", t->epochs_done);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "epochs", "%d", t->opts.epochs);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "global_step", "%lld", (long long)t->global_step);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "batch", "%lld", (long long)t->opts.batch);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "seed", "%llu", (unsigned long long)t->opts.seed);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "rng.plan_step", "%llu", (unsigned long long)t->plan->step);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "loader.seed", "%llu", (unsigned long long)t->opts.seed);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "loader.epoch", "%d", t->epochs_done);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "threads", "%d", keel_context_threads(t->ctx));
-    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "device", t->device);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadata(w, "schedule", schedule);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "input", "%dx%dx%d", t->channels, t->height, t->width);
-    if (st == KEEL_OK) st = keel_st_writer_set_metadataf(w, "classes", "%lld", (long long)t->logits_classes);
-    if (st == KEEL_OK && t->mean) st = set_floats(w, "normalize.mean", t->mean, t->channels);
-    if (st == KEEL_OK && t->std) st = set_floats(w, "normalize.std", t->std, t->channels);
-    if (st == KEEL_OK && t->images) st = write_image_metadata(t, w);
-    if (st == KEEL_OK) {
-        char *history = format_history(t);
-        st = history ? keel_st_writer_set_metadata(w, "history", history)
-                     : keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory saving the history");
-        free(history);
-    }
-    return st;
-}
-
-keel_status keel_trainer_save(keel_trainer *t, const char *path)
-{
-    if (!t || !path)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_save: trainer and path are required");
-    keel_st_writer *w = NULL;
-    float *params = NULL, *state = NULL;
-    keel_status st = keel_st_writer_new(&w);
-    if (st == KEEL_OK)
-        st = keel_weights_export(t->plan, w, &params);
-    if (st == KEEL_OK)
-        st = keel_optimizer_export(t->optimizer, w, &state);
-    if (st == KEEL_OK)
-        st = write_metadata(t, w);
-    if (st == KEEL_OK)
-        st = keel_st_writer_write(w, path);
-    keel_st_writer_free(w);
-    free(params);
-    free(state);
-    return st == KEEL_OK ? st : keel_fail_prefix(st, "saving checkpoint %s: ", path);
-}
-
-static keel_status read_count(const keel_st_file *f, const char *key, int64_t most, int64_t *value)
-{
-    keel_status st = keel_st_file_metadata_i64(f, key, value);
-    if (st != KEEL_OK)
-        return keel_fail_prefix(st, "%s: ", keel_st_file_path(f));
-    if (*value < 0 || *value > most)
-        return keel_fail(KEEL_ERR_FORMAT, "%s: metadata '%s' is %lld, outside [0, %lld]", keel_st_file_path(f), key,
-                         (long long)*value, (long long)most);
-    return KEEL_OK;
-}
-
-/* Settings that must match for a bit-identical continuation. */
-static void warn_differences(keel_trainer *t, const keel_st_file *f)
-{
-    int64_t v = 0;
-    if (keel_st_file_metadata_i64(f, "batch", &v) == KEEL_OK && v != t->opts.batch)
-        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with batch %lld; continuing with %lld",
-                         keel_st_file_path(f), (long long)v, (long long)t->opts.batch);
-    if (keel_st_file_metadata_i64(f, "threads", &v) == KEEL_OK && v != keel_context_threads(t->ctx))
-        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with %lld threads, this run uses %d: results will "
-                         "not be bit-identical to an uninterrupted run", keel_st_file_path(f), (long long)v,
-                         keel_context_threads(t->ctx));
-    uint64_t seed = 0;
-    if (keel_st_file_metadata_u64(f, "seed", &seed) == KEEL_OK && seed != t->opts.seed)
-        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with seed %llu, this run uses %llu (shuffling "
-                         "and dropout differ from an uninterrupted run)", keel_st_file_path(f),
-                         (unsigned long long)seed, (unsigned long long)t->opts.seed);
-    const char *augment = keel_st_file_metadata(f, "augment.train");
-    char text[256];
-    if (t->images && augment && strcmp(augment, augment_text(&t->train_augment, text, sizeof text)) != 0)
-        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with %s; continuing with %s", keel_st_file_path(f),
-                         augment, text);
-    const char *lr = keel_st_file_metadata(f, "optimizer.lr");
-    if (lr && strtof(lr, NULL) != t->opts.optimizer.lr)
-        keel_context_log(t->ctx, KEEL_LOG_WARN, "%s was trained with learning rate %s; continuing with %g",
-                         keel_st_file_path(f), lr, (double)t->opts.optimizer.lr);
-}
-
-static keel_status resume(keel_trainer *t, const keel_st_file *f)
-{
-    const char *path = keel_st_file_path(f);
-    const char *kind = keel_st_file_metadata(f, "keel.kind");
-    if (!kind || strcmp(kind, "checkpoint") != 0 || !keel_st_file_metadata(f, "optimizer"))
-        return keel_fail(KEEL_ERR_FORMAT, "%s is not a Keel training checkpoint (no optimizer state or epoch); "
-                         "a weights file can be evaluated with `keel eval --weights`", path);
-    const char *kind_saved = keel_st_file_metadata(f, "optimizer");
-    if (strcmp(kind_saved, keel_optimizer_name(t->opts.optimizer.kind)) != 0)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "%s holds %s state; this run uses %s (pass --optimizer %s to "
-                         "continue it)", path, kind_saved, keel_optimizer_name(t->opts.optimizer.kind), kind_saved);
-    int64_t epoch = 0, step = 0, plan_step = 0;
-    keel_status st = read_count(f, "epoch", 1 << 30, &epoch);
-    if (st == KEEL_OK)
-        st = read_count(f, "global_step", INT64_MAX / 2, &step);
-    if (st == KEEL_OK)
-        st = read_count(f, "rng.plan_step", INT64_MAX / 2, &plan_step);
-    if (st != KEEL_OK)
-        return st;
-    st = keel_weights_import(t->plan, f, true);
-    if (st != KEEL_OK) {
-        const char *model = keel_st_file_metadata(f, "model");
-        if (model && strcmp(model, t->model_name) != 0)
-            return keel_fail_prefix(st, "the checkpoint was saved by model '%s', not '%s': ", model, t->model_name);
-        return st;
-    }
-    st = keel_optimizer_import(t->optimizer, f);
-    if (st != KEEL_OK)
-        return st;
-    const char *history = keel_st_file_metadata(f, "history");
-    st = parse_history(t, history ? history : "", path);
-    if (st != KEEL_OK)
-        return st;
-    warn_differences(t, f);
-    t->epochs_done = (int)epoch;
-    t->global_step = step;
-    t->plan->step = (uint64_t)plan_step;
-    return KEEL_OK;
-}
-
-keel_status keel_trainer_resume(keel_trainer *t, const char *path)
-{
-    if (!t || !path)
-        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "keel_trainer_resume: trainer and path are required");
-    keel_st_file *f = NULL;
-    keel_status st = keel_st_file_load(&f, path);
-    if (st == KEEL_OK)
-        st = resume(t, f);
-    keel_st_file_free(f);
-    return st == KEEL_OK ? st : keel_fail_prefix(st, "resuming: ");
 }
 
 /* ---- inspection ------------------------------------------------------------ */
@@ -935,9 +583,9 @@ static size_t describe_images(const keel_trainer *t, char *buf, size_t size, siz
 {
     const keel_augment_opts *o = &t->train_augment;
     char text[256];
-    used = append(buf, size, used, "\naugment    train: %s", augment_text(o, text, sizeof text));
+    used = append(buf, size, used, "\naugment    train: %s", keel_trainer_augment_text(o, text, sizeof text));
     if (t->opts.test_images)
-        used = append(buf, size, used, "; test: %s%s", augment_text(&t->test_augment, text, sizeof text),
+        used = append(buf, size, used, "; test: %s%s", keel_trainer_augment_text(&t->test_augment, text, sizeof text),
                       t->test_augment.mode == KEEL_CROP_TEN ? " (softmax averaged)" : "");
     if (o->mean_image)
         used = append(buf, size, used, "\n           normalised with a %dx%d mean image, std", o->crop_size,
@@ -1002,7 +650,8 @@ const char *keel_trainer_describe(const keel_trainer *t, char *buf, size_t size)
                       (double)opt->eps);
     used = append(buf, size, used, ", weight decay %g\n", (double)opt->weight_decay);
     char schedule[512];
-    keel_schedule_describe(&o->schedule, opt->lr, t->steps_per_epoch, total_steps(t), schedule, sizeof schedule);
+    keel_schedule_describe(&o->schedule, opt->lr, t->steps_per_epoch, keel_trainer_total_steps(t), schedule,
+                           sizeof schedule);
     used = append(buf, size, used, "schedule   %s\n", schedule);
     keel_memory_report mem = {0};
     keel_plan_memory(t->plan, &mem);

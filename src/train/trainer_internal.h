@@ -1,7 +1,10 @@
-/* Shared by evaluate.c and trainer.c. */
+/* Shared by evaluate.c and the trainer's files: trainer.c (creation, the
+ * training loop, evaluation, inspection), trainer_augment.c (the image
+ * augmentation options) and trainer_checkpoint.c (save and resume). */
 #ifndef KEEL_TRAINER_INTERNAL_H
 #define KEEL_TRAINER_INTERNAL_H
 
+#include "dist/distributed.h"
 #include "keel/train.h"
 
 /* Batches for a plan of a fixed batch (`rows` images a pass) from either kind
@@ -50,5 +53,55 @@ keel_status keel_check_eval_io(const keel_model_io *io, int channels, int height
  * as `user`. */
 void *keel_plan_host_alloc_hook(size_t bytes, void *user);
 void keel_plan_host_free_hook(void *ptr, void *user);
+
+/* ---- the trainer ----------------------------------------------------------- */
+
+struct keel_trainer {
+    /* What the caller asked for; opts' strings point at the trainer's own
+     * copies below, so the caller's may go away. */
+    keel_context *ctx;
+    keel_trainer_opts opts;
+    char *model_name, *device, *save_path;
+
+    /* The compiled model, its optimiser and the batches that feed it. */
+    keel_graph *graph;
+    keel_model_io io;
+    keel_plan *plan;
+    keel_optimizer *optimizer;
+    keel_batch_source train_source, test_source;
+    bool has_test;
+    keel_dist *dist;               /* data parallelism, or NULL */
+
+    /* Image datasets: the augmentation each loader applies. */
+    bool images;                   /* image datasets rather than in-memory ones */
+    keel_augment_opts train_augment, test_augment; /* with defaults filled in */
+    float *train_mean_image, *test_mean_image;     /* the trainer's copies */
+
+    /* The model's input and output, and how far training has gone. */
+    int channels, height, width, classes;
+    float *mean, *std;             /* normalisation per channel (NULL when off) */
+    int64_t steps_per_epoch;
+    int64_t global_step;           /* optimiser steps so far */
+    int epochs_done;
+    float *logits;                 /* host, batch x classes, for evaluation */
+    int64_t logits_classes;
+
+    /* One entry per finished epoch, restored on resume. */
+    keel_epoch_stats *history;
+    int n_history, cap_history;
+};
+
+/* trainer.c: optimiser steps over all the epochs asked for, and appending
+ * an epoch to the history. */
+int64_t keel_trainer_total_steps(const keel_trainer *t);
+keel_status keel_trainer_add_history(keel_trainer *t, const keel_epoch_stats *s);
+
+/* trainer_augment.c: resolves opts' augmentation (defaults filled in, the
+ * mean images copied) into t->train_augment and t->test_augment. */
+keel_status keel_trainer_set_augment(keel_trainer *t);
+/* "random-resized crop 224 (area 0.08-1, ratio 0.75-1.33), mirrored, PCA
+ * lighting 0.1": what a checkpoint records and describe() prints. Returns
+ * buf. */
+const char *keel_trainer_augment_text(const keel_augment_opts *o, char *buf, size_t size);
 
 #endif
