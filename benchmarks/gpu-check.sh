@@ -9,6 +9,7 @@
 #       Fashion-MNIST. Prints the carry list for the device tool.
 #
 #   benchmarks/gpu-check.sh run [BUILD]       on the GPU machine
+#   (or `tests` / `bench` for one half, when one call cannot hold both)
 #       (carry BUILD and .carry). Finds cuDNN and cuBLAS (system, CUDA
 #       toolkit or PyTorch's nvidia/* wheels), saves cuDNN's real device
 #       profile, runs the GPU-free cuDNN tier against it, the CUDA op tests,
@@ -268,88 +269,94 @@ run() {
     fi
     LD_LIBRARY_PATH="$KEEL_LIBS" "$BUILD/src/cli/keel" devices 2>&1 | tee "$LOGS/devices.log"
 
-    note "cuDNN device profile and the GPU-free tier"
-    local profile_env=()
-    [ -f "$CARRY/$PROFILE_NAME" ] && profile_env=(KEEL_CUDNN_DEVICEPROP="$CARRY/$PROFILE_NAME")
-    TAG=-handwritten run_test cuda_graph 300 "${profile_env[@]}" KEEL_CUDNN_SAVE_DEVICEPROP="$OUT/$PROFILE_NAME"
-    if [ -s "$OUT/$PROFILE_NAME" ]; then
-        record "real device profile" "saved to \$OUT/$PROFILE_NAME"
-        TAG=-real run_test cuda_graph 300 KEEL_CUDNN_DEVICEPROP="$OUT/$PROFILE_NAME" \
-            KEEL_CUDNN_REPORT="$OUT/cudnn-workspaces.csv"
-    else
-        record "real device profile" "not saved (see logs/cuda_graph-handwritten.log)"
+    if [ "$PHASES" != bench ]; then
+        note "cuDNN device profile and the GPU-free tier"
+        local profile_env=()
+        [ -f "$CARRY/$PROFILE_NAME" ] && profile_env=(KEEL_CUDNN_DEVICEPROP="$CARRY/$PROFILE_NAME")
+        TAG=-handwritten run_test cuda_graph 300 "${profile_env[@]}" KEEL_CUDNN_SAVE_DEVICEPROP="$OUT/$PROFILE_NAME"
+        if [ -s "$OUT/$PROFILE_NAME" ]; then
+            record "real device profile" "saved to \$OUT/$PROFILE_NAME"
+            TAG=-real run_test cuda_graph 300 KEEL_CUDNN_DEVICEPROP="$OUT/$PROFILE_NAME" \
+                KEEL_CUDNN_REPORT="$OUT/cudnn-workspaces.csv"
+        else
+            record "real device profile" "not saved (see logs/cuda_graph-handwritten.log)"
+        fi
+
+        note "CUDA op tests (cuda vs cpu) and LeNet-5 training"
+        run_test cuda_ops 300 KEEL_DATA_DIR="$CARRY/fashion-mnist"
+        note "the op tests of every area on cuda:0"
+        for name in conv pool norm dense elementwise loss graph planner; do
+            TAG=-on-cuda run_test "$name" 120 KEEL_TEST_DEVICES=cuda:0 KEEL_DATA_DIR="$CARRY/fashion-mnist"
+        done
     fi
 
-    note "CUDA op tests (cuda vs cpu) and LeNet-5 training"
-    run_test cuda_ops 300 KEEL_DATA_DIR="$CARRY/fashion-mnist"
-    note "the op tests of every area on cuda:0"
-    for name in conv pool norm dense elementwise loss graph planner; do
-        TAG=-on-cuda run_test "$name" 120 KEEL_TEST_DEVICES=cuda:0 KEEL_DATA_DIR="$CARRY/fashion-mnist"
-    done
+    if [ "$PHASES" != tests ]; then
+        note "LeNet-5 training speed"
+        export KEEL_DATA_DIR="$CARRY/fashion-mnist"
+        time_keel_train cuda:0 cuda
+        time_torch
+        time_keel_train cpu cpu
+        if LD_LIBRARY_PATH="$KEEL_LIBS" "$BUILD/src/cli/keel" help 2>&1 | grep -qw bench; then
+            LD_LIBRARY_PATH="$KEEL_LIBS" timeout 300 "$BUILD/src/cli/keel" bench --model lenet5 --device cuda:0 \
+                >"$LOGS/bench-lenet5.log" 2>&1
+            record "keel bench lenet5 cuda:0" "rc=$? (logs/bench-lenet5.log)"
+        fi
 
-    note "LeNet-5 training speed"
-    export KEEL_DATA_DIR="$CARRY/fashion-mnist"
-    time_keel_train cuda:0 cuda
-    time_torch
-    time_keel_train cpu cpu
-    if LD_LIBRARY_PATH="$KEEL_LIBS" "$BUILD/src/cli/keel" help 2>&1 | grep -qw bench; then
-        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 300 "$BUILD/src/cli/keel" bench --model lenet5 --device cuda:0 \
-            >"$LOGS/bench-lenet5.log" 2>&1
-        record "keel bench lenet5 cuda:0" "rc=$? (logs/bench-lenet5.log)"
+        note "the zoo against PyTorch on the same GPU"
+        if command -v python3 >/dev/null && time_left 280 "gpu_vs_pytorch"; then
+            timeout 270 python3 "$ROOT/benchmarks/gpu_vs_pytorch.py" --keel "$ROOT/$BUILD/src/cli/keel" \
+                --keel-library-path "$KEEL_LIBS" --timeout 120 --per-layer --markdown "$OUT/gpu-vs-pytorch.md" >"$LOGS/gpu-vs-pytorch.log" 2>&1 \
+                < /dev/null
+            record "zoo vs pytorch (gpu_vs_pytorch.py)" "rc=$? (\$OUT/gpu-vs-pytorch.md)"
+            grep -E '^[a-z0-9]+ b[0-9]+ ' "$LOGS/gpu-vs-pytorch.log" | while read -r line; do record "  $line" ""; done
+            grep -E '^[a-z0-9]+ b[0-9]+ ' "$LOGS/gpu-vs-pytorch.log"
+        fi
+
+        note "model parallelism: AlexNet's towers on one stream and on two"
+        local split
+        for split in cuda:0 cuda:0,cuda:0; do
+            time_left 60 "alexnet towers on $split" || continue
+            LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$BUILD/src/cli/keel" bench --model alexnet --batch 128 \
+                --device "$split" --iters 10 >"$LOGS/bench-alexnet-$split.log" 2>&1
+            record "alexnet b128 on $split" "rc=$? $(grep -E 'training step' "$LOGS/bench-alexnet-$split.log" | head -1)"
+        done
+
+        note "resnet50 fed from packed shards against synthetic data"
+        if time_left 150 "resnet50 shards vs synthetic"; then
+            local images_dir="$OUT/images" keel="$BUILD/src/cli/keel"
+            # bench_images writes ImageNet-sized JPEGs and packs them (short side 256).
+            LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$BUILD/benchmarks/bench_images" --dir "$images_dir" --images 2560 \
+                --classes 10 --threads "$(nproc)" --seconds 1 --pipeline rrc >"$LOGS/bench-images.log" 2>&1
+            record "image pipeline (rrc, all cores)" "$(grep -E '^keel packed' "$LOGS/bench-images.log" | tail -1)"
+            LD_LIBRARY_PATH="$KEEL_LIBS" timeout 150 "$keel" train --model resnet50 --data "$images_dir/packed" \
+                --device cuda:0 --epochs 3 --batch 128 --workers "$(( $(nproc) - 2 ))" --no-test --schedule constant \
+                --lr 0.01 --progress lines >"$LOGS/train-resnet50-shards.log" 2>&1
+            local fed synthetic
+            fed=$(grep -E '^epoch 3/3 ' "$LOGS/train-resnet50-shards.log" | grep -oE '[0-9,]+ img/s' | tail -1 | tr -d ',')
+            LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$keel" bench --model resnet50 --batch 128 --device cuda:0 \
+                --iters 10 --json >"$LOGS/bench-resnet50.log" 2>&1
+            synthetic=$(grep -oE '"train_images_per_second": [0-9.]+' "$LOGS/bench-resnet50.log" | awk '{print $2}')
+            record "resnet50 b128 from shards (3rd epoch)" "${fed:-failed (logs/train-resnet50-shards.log)}"
+            record "resnet50 b128 synthetic (keel bench)" "${synthetic:-failed} img/s; shards/synthetic = $(awk -v a="${fed% img/s}" \
+                -v b="${synthetic:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }') (target >= 0.9)"
+            rm -rf "$images_dir"
+        fi
+
+        note "DCGAN on the GPU"
+        if time_left 60 "keel gan on cuda:0"; then
+            LD_LIBRARY_PATH="$KEEL_LIBS" timeout 90 "$BUILD/src/cli/keel" gan --device cuda:0 --epochs 1 --subset 6400 \
+                --no-score --out "$OUT/gan" --progress lines >"$LOGS/gan-cuda.log" 2>&1
+            record "keel gan --device cuda:0 (1 epoch x6400)" "rc=$? $(grep -E '^epoch 1/1' "$LOGS/gan-cuda.log" | tail -1)"
+        fi
     fi
 
-    note "the zoo against PyTorch on the same GPU"
-    if command -v python3 >/dev/null && time_left 200 "gpu_vs_pytorch"; then
-        timeout 240 python3 "$ROOT/benchmarks/gpu_vs_pytorch.py" --keel "$ROOT/$BUILD/src/cli/keel" \
-            --keel-library-path "$KEEL_LIBS" --timeout 120 --markdown "$OUT/gpu-vs-pytorch.md" >"$LOGS/gpu-vs-pytorch.log" 2>&1 \
-            < /dev/null
-        record "zoo vs pytorch (gpu_vs_pytorch.py)" "rc=$? (\$OUT/gpu-vs-pytorch.md)"
-        grep -E '^[a-z0-9]+ b[0-9]+ ' "$LOGS/gpu-vs-pytorch.log" | while read -r line; do record "  $line" ""; done
-        grep -E '^[a-z0-9]+ b[0-9]+ ' "$LOGS/gpu-vs-pytorch.log"
+    if [ "$PHASES" != bench ]; then
+        note "the long tests on cuda:0 (training, the model zoo)"
+        for name in train models; do
+            time_left 150 "test $name-on-cuda" || continue
+            TAG=-on-cuda run_test "$name" 150 KEEL_TEST_DEVICES=cuda:0 KEEL_DATA_DIR="$CARRY/fashion-mnist"
+        done
     fi
-
-    note "model parallelism: AlexNet's towers on one stream and on two"
-    local split
-    for split in cuda:0 cuda:0,cuda:0; do
-        time_left 60 "alexnet towers on $split" || continue
-        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$BUILD/src/cli/keel" bench --model alexnet --batch 128 \
-            --device "$split" --iters 10 >"$LOGS/bench-alexnet-$split.log" 2>&1
-        record "alexnet b128 on $split" "rc=$? $(grep -E 'training step' "$LOGS/bench-alexnet-$split.log" | head -1)"
-    done
-
-    note "resnet50 fed from packed shards against synthetic data"
-    if time_left 150 "resnet50 shards vs synthetic"; then
-        local images_dir="$OUT/images" keel="$BUILD/src/cli/keel"
-        # bench_images writes ImageNet-sized JPEGs and packs them (short side 256).
-        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$BUILD/benchmarks/bench_images" --dir "$images_dir" --images 2560 \
-            --classes 10 --threads "$(nproc)" --seconds 1 --pipeline rrc >"$LOGS/bench-images.log" 2>&1
-        record "image pipeline (rrc, all cores)" "$(grep -E '^keel packed' "$LOGS/bench-images.log" | tail -1)"
-        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 150 "$keel" train --model resnet50 --data "$images_dir/packed" \
-            --device cuda:0 --epochs 3 --batch 128 --workers "$(( $(nproc) - 2 ))" --no-test --schedule constant \
-            --lr 0.01 --progress lines >"$LOGS/train-resnet50-shards.log" 2>&1
-        local fed synthetic
-        fed=$(grep -E '^epoch 3/3 ' "$LOGS/train-resnet50-shards.log" | grep -oE '[0-9,]+ img/s' | tail -1 | tr -d ',')
-        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$keel" bench --model resnet50 --batch 128 --device cuda:0 \
-            --iters 10 --json >"$LOGS/bench-resnet50.log" 2>&1
-        synthetic=$(grep -oE '"train_images_per_second": [0-9.]+' "$LOGS/bench-resnet50.log" | awk '{print $2}')
-        record "resnet50 b128 from shards (3rd epoch)" "${fed:-failed (logs/train-resnet50-shards.log)}"
-        record "resnet50 b128 synthetic (keel bench)" "${synthetic:-failed} img/s; shards/synthetic = $(awk -v a="${fed% img/s}" \
-            -v b="${synthetic:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }') (target >= 0.9)"
-        rm -rf "$images_dir"
-    fi
-
-    note "DCGAN on the GPU"
-    if time_left 60 "keel gan on cuda:0"; then
-        LD_LIBRARY_PATH="$KEEL_LIBS" timeout 90 "$BUILD/src/cli/keel" gan --device cuda:0 --epochs 1 --subset 6400 \
-            --no-score --out "$OUT/gan" --progress lines >"$LOGS/gan-cuda.log" 2>&1
-        record "keel gan --device cuda:0 (1 epoch x6400)" "rc=$? $(grep -E '^epoch 1/1' "$LOGS/gan-cuda.log" | tail -1)"
-    fi
-
-    note "the long tests on cuda:0 (training, the model zoo)"
-    for name in train models; do
-        time_left 150 "test $name-on-cuda" || continue
-        TAG=-on-cuda run_test "$name" 150 KEEL_TEST_DEVICES=cuda:0 KEEL_DATA_DIR="$CARRY/fashion-mnist"
-    done
 
     tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs && rm -rf "$LOGS"
     echo
@@ -357,8 +364,11 @@ run() {
     printf '%s\n' "${SUMMARY[@]}"
 }
 
+PHASES=all
 case "$MODE" in
 prepare) prepare ;;
 run) run ;;
-*) echo "usage: $0 prepare|run [BUILD]   (see the comment at the top)" >&2; exit 2 ;;
+tests) PHASES=tests; run ;;
+bench) PHASES=bench; run ;;
+*) echo "usage: $0 prepare|run|tests|bench [BUILD]   (see the comment at the top)" >&2; exit 2 ;;
 esac

@@ -5,7 +5,7 @@ forward-only images/s and peak GPU memory, for the same models and batch.
 
     python3 benchmarks/gpu_vs_pytorch.py --keel build-cuda/src/cli/keel \
         [--models alexnet:128,vgg16:64,resnet50:128] [--iters 20] [--warmup 5] \
-        [--modes strict,tf32] [--markdown FILE]
+        [--modes strict,tf32] [--per-layer] [--markdown FILE]
 
 Keel runs as `keel bench --json` in a child process; PyTorch (the torch on
 the GPU machine) runs the same networks eagerly in another child, each step
@@ -16,6 +16,12 @@ the host waits for. Two precisions: `strict` is IEEE fp32 everywhere (Keel
 models follow Keel's zoo: AlexNet as the paper's two towers (grouped
 convolutions in PyTorch, the same arithmetic) with LRN at 227x227, VGG-16
 and ResNet-50 at 224x224, 1000 classes.
+
+--per-layer adds, per model in IEEE fp32, the forward and backward time of
+each kind of layer (convolution, linear, batch norm, LRN, pooling, ReLU,
+the rest), both sides timed the same way: the device synchronised around
+every layer (Keel's `keel bench --per-layer`; forward and backward hooks
+in PyTorch), so the sums exceed a free-running step.
 """
 import argparse
 import json
@@ -95,6 +101,77 @@ TORCH_MODELS = {
 }
 
 
+# Layer kinds, from Keel's layer names and PyTorch's module classes.
+KINDS = ["conv", "linear", "batch norm", "lrn", "pool", "relu", "other"]
+
+
+def keel_kind(name):
+    parts = name.split(".")
+    leaf = parts[-1]
+    if len(parts) > 1 and parts[-2] == "downsample":  # ResNet's projection: conv then batch norm
+        return "conv" if leaf == "0" else "batch norm"
+    if "conv" in leaf:
+        return "conv"
+    for prefix, kind in (("fc", "linear"), ("linear", "linear"), ("bn", "batch norm"), ("norm", "lrn"),
+                         ("lrn", "lrn")):
+        if leaf.startswith(prefix):
+            return kind
+    for part, kind in (("pool", "pool"), ("relu", "relu")):
+        if part in leaf:
+            return kind
+    return "other"
+
+
+def torch_kind(module):
+    name = type(module).__name__
+    return {"Conv2d": "conv", "Linear": "linear", "BatchNorm2d": "batch norm", "LocalResponseNorm": "lrn",
+            "MaxPool2d": "pool", "AvgPool2d": "pool", "AdaptiveAvgPool2d": "pool", "ReLU": "relu"}.get(name, "other")
+
+
+def torch_layer_times(model, x, y, loss_fn, opt, iters):
+    """Forward and backward seconds per layer kind, synchronising around
+    every leaf module (as keel bench --per-layer does around every node).
+    A module's backward time is the time since the previous module's
+    backward finished (backward hooks run when a module's gradients are
+    done), which works with torch 1.x's hooks too."""
+    import torch
+    fwd = {k: 0.0 for k in KINDS}
+    bwd = {k: 0.0 for k in KINDS}
+    started, last = {}, [0.0]
+
+    def pre_forward(module, *_):
+        torch.cuda.synchronize()
+        started[id(module)] = time.perf_counter()
+
+    def post_forward(module, *_):
+        torch.cuda.synchronize()
+        fwd[torch_kind(module)] += time.perf_counter() - started[id(module)]
+
+    def post_backward(module, *_):
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        bwd[torch_kind(module)] += now - last[0]
+        last[0] = now
+
+    handles = []
+    for module in model.modules():
+        if len(list(module.children())) == 0:
+            handles += [module.register_forward_pre_hook(pre_forward), module.register_forward_hook(post_forward),
+                        module.register_full_backward_hook(post_backward)]
+    model.train()
+    for _ in range(iters):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        torch.cuda.synchronize()
+        last[0] = time.perf_counter()
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+    for h in handles:
+        h.remove()
+    return {k: fwd[k] / iters for k in KINDS}, {k: bwd[k] / iters for k in KINDS}
+
+
 def torch_worker(spec):
     import torch
     import torch.nn as nn
@@ -137,7 +214,11 @@ def torch_worker(spec):
     torch.cuda.reset_peak_memory_stats()
     step = timed(train_step, True)
     fwd = timed(forward, False)
+    layers = None
+    if spec.get("per_layer"):
+        layers = torch_layer_times(model, x, y, loss_fn, opt, max(2, spec["iters"] // 4))
     print("RESULT " + json.dumps({
+        "layers": layers,
         "train_images_per_second": batch / step, "forward_images_per_second": batch / fwd,
         "peak_bytes": torch.cuda.max_memory_allocated(), "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version(), "gpu": torch.cuda.get_device_name()}))
@@ -146,7 +227,8 @@ def torch_worker(spec):
 # ---- driving both sides -------------------------------------------------------
 
 def run_torch(model, batch, mode, args):
-    spec = {"model": model, "batch": batch, "mode": mode, "iters": args.iters, "warmup": args.warmup}
+    spec = {"model": model, "batch": batch, "mode": mode, "iters": args.iters, "warmup": args.warmup,
+            "per_layer": args.per_layer and mode == "strict"}
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", json.dumps(spec)],
                           capture_output=True, text=True, timeout=args.timeout)
     for line in proc.stdout.splitlines():
@@ -160,6 +242,8 @@ def run_keel(model, batch, mode, args):
            str(args.iters), "--warmup", str(args.warmup), "--json"]
     if mode == "strict":
         cmd.append("--strict-fp32")
+        if args.per_layer:
+            cmd.append("--per-layer")
     env = dict(os.environ)
     if args.keel_library_path:
         env["LD_LIBRARY_PATH"] = args.keel_library_path
@@ -168,6 +252,13 @@ def run_keel(model, batch, mode, args):
         if line.startswith("{"):
             result = json.loads(line)
             result["peak_bytes"] = result.get("plan_bytes", 0)
+            if "layers" in result:
+                fwd = {k: 0.0 for k in KINDS}
+                bwd = {k: 0.0 for k in KINDS}
+                for layer in result["layers"]:
+                    fwd[keel_kind(layer["layer"])] += layer["forward_seconds"]
+                    bwd[keel_kind(layer["layer"])] += layer["backward_seconds"]
+                result["layers"] = (fwd, bwd)
             return result
     return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]}
 
@@ -186,6 +277,7 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--modes", default="strict,tf32")
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--per-layer", action="store_true", help="also time each kind of layer (IEEE fp32 runs)")
     p.add_argument("--markdown", help="also write the table to this file")
     p.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -226,6 +318,19 @@ def main():
                      f"{keel['train_images_per_second'] / tr['train_images_per_second']:.2f}x | "
                      f"{keel['forward_images_per_second']:,.0f} | {tr['forward_images_per_second']:,.0f} | "
                      f"{mib(keel['peak_bytes'])} | {mib(tr['peak_bytes'])} |")
+    for model, batch, mode, keel, tr in rows:
+        if not keel.get("layers") or not tr.get("layers"):
+            continue
+        (kf, kb), (tf, tb) = keel["layers"], tr["layers"]
+        lines += ["", f"{model} b{batch}, IEEE fp32, per kind of layer (ms per step, synchronised around each layer):",
+                  "", "| layers | Keel fwd | PyTorch fwd | fwd ratio | Keel bwd | PyTorch bwd | bwd ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for kind in KINDS:
+            if kf[kind] + tf[kind] + kb[kind] + tb[kind] == 0:
+                continue
+            ratio = lambda a, b: f"{b / a:.2f}x" if a > 0 and b > 0 else ""
+            lines.append(f"| {kind} | {1e3 * kf[kind]:.2f} | {1e3 * tf[kind]:.2f} | {ratio(kf[kind], tf[kind])} | "
+                         f"{1e3 * kb[kind]:.2f} | {1e3 * tb[kind]:.2f} | {ratio(kb[kind], tb[kind])} |")
     text = "\n".join(lines)
     print(text)
     if args.markdown:
