@@ -37,6 +37,7 @@ struct keel_dist {
 #endif
     bucket *buckets;
     int n_buckets;
+    MPI_Request *requests;  /* one per bucket, for the wait (no allocation in a step) */
     int *bucket_of_node;    /* by node id: the bucket a finished node completes, -1 */
 };
 
@@ -148,8 +149,9 @@ static keel_status make_buckets(keel_dist *d)
     keel_plan *plan = d->plan;
     keel_graph *g = plan->graph;
     d->buckets = calloc((size_t)plan->n_params + 1, sizeof *d->buckets);
+    d->requests = calloc((size_t)plan->n_params + 1, sizeof *d->requests);
     d->bucket_of_node = malloc(((size_t)g->n_nodes + 1) * sizeof *d->bucket_of_node);
-    if (!d->buckets || !d->bucket_of_node)
+    if (!d->buckets || !d->requests || !d->bucket_of_node)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory for gradient buckets");
     for (int i = 0; i < g->n_nodes; i++)
         d->bucket_of_node[i] = -1;
@@ -282,6 +284,7 @@ void keel_dist_destroy(keel_dist *d)
     }
     keel_aligned_free(d->staging);
     free(d->buckets);
+    free(d->requests);
     free(d->bucket_of_node);
     free(d);
 }
@@ -389,13 +392,9 @@ keel_status keel_dist_finish_grads(keel_dist *d)
         return st == KEEL_OK ? st : failed(d, st);
     }
 #endif
-    MPI_Request *requests = malloc((size_t)(d->n_buckets ? d->n_buckets : 1) * sizeof *requests);
-    if (!requests)
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory");
     for (int i = 0; i < d->n_buckets; i++)
-        requests[i] = d->buckets[i].request;
-    keel_status st = wait_all(d, d->n_buckets, requests, "the gradient all-reduce");
-    free(requests);
+        d->requests[i] = d->buckets[i].request;
+    keel_status st = wait_all(d, d->n_buckets, d->requests, "the gradient all-reduce");
     if (st != KEEL_OK)
         return st;
     /* The mean over ranks: each rank's loss is already a mean over its shard. */
