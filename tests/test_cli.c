@@ -288,40 +288,12 @@ static void test_train_eval_resume(void **state)
 
 /* ---- image datasets ------------------------------------------------------------ */
 
-/* 3 classes x 8 PNGs of 40x48, each class with its own colour channel
- * raised; false when PNG writing is not built in. */
-static bool write_tree(const char *root)
-{
-    static const char *const names[3] = {"red", "green", "blue"};
-    const int height = 40, width = 48;
-    uint8_t pixels[40 * 48 * 3];
-    float noise[40 * 48 * 3];
-    char path[PATH_MAX + 64];
-    assert_int_equal(mkdir(root, 0777), 0);
-    for (int c = 0; c < 3; c++) {
-        snprintf(path, sizeof path, "%s/%s", root, names[c]);
-        assert_int_equal(mkdir(path, 0777), 0);
-        for (int i = 0; i < 8; i++) {
-            ks_fill_uniform(noise, height * width * 3, (uint64_t)(10 * c + i + 1), 0.0f, 1.0f);
-            for (int k = 0; k < height * width * 3; k++)
-                pixels[k] = (uint8_t)(k % 3 == c ? 130.0f + 125.0f * noise[k] : 110.0f * noise[k]);
-            keel_image img = {.height = height, .width = width, .channels = 3, .pixels = pixels};
-            snprintf(path, sizeof path, "%s/%s/%d.png", root, names[c], i);
-            keel_status st = keel_image_save(&img, path, 95);
-            if (st == KEEL_ERR_UNSUPPORTED)
-                return false;
-            KS_OK(st);
-        }
-    }
-    return true;
-}
-
 static void test_train_eval_images(void **state)
 {
     (void)state;
     char tree[PATH_MAX], args[4 * PATH_MAX];
     snprintf(tree, sizeof tree, "%s/tree", tmp_dir);
-    if (!write_tree(tree)) {
+    if (!ks_write_colour_tree(tree, 8, 40, 48)) {
         printf("PNG writing is not built in; skipping\n");
         skip();
     }

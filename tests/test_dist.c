@@ -256,54 +256,58 @@ static bool file_contains(const char *path, const char *text)
     return strstr(buf, text) != NULL;
 }
 
-/* `mpirun -np 2 keel train --data-parallel --batch 32` and `keel train
- * --batch 64` write the same checkpoint (5 steps of lenet5 on
- * Fashion-MNIST); the data-parallel run says what it is doing. */
-static void test_keel_train_data_parallel(void **state)
+/* Trains with `mpirun -np 2 keel train --data-parallel --batch B` and with
+ * `keel train --batch 2B` (both with `common` flags) and checks that the two
+ * checkpoints agree in every float tensor (parameters, running statistics,
+ * momenta) to 1e-5; returns how many tensors were compared. */
+static int data_parallel_equals_doubled_batch(const char *label, char **common, int n_common, int batch)
 {
-    (void)state;
-    const char *data = getenv("KEEL_DATA_DIR");
-    if (!have_mpirun() || !data)
-        skip();
     char keel[PATH_MAX], dir[] = "/tmp/keel_dp_XXXXXX";
     keel_program(keel, sizeof keel);
     assert_non_null(mkdtemp(dir));
-    char two[PATH_MAX + 32], one[PATH_MAX + 32], log[PATH_MAX + 32];
+    char two[PATH_MAX + 32], one[PATH_MAX + 32], log[PATH_MAX + 32], per_rank[32], doubled[32], expect[128];
     snprintf(two, sizeof two, "%s/two.safetensors", dir);
     snprintf(one, sizeof one, "%s/one.safetensors", dir);
     snprintf(log, sizeof log, "%s/log", dir);
-    char *common[] = {"--data", (char *)data, "--model", "lenet5", "--subset", "320", "--epochs", "1", "--no-test",
-                      "--schedule", "constant", "--threads", "1", "--progress", "lines", "--seed", "3"};
-    enum { N_COMMON = sizeof common / sizeof common[0] };
-    char *argv[N_COMMON + 16];
+    snprintf(per_rank, sizeof per_rank, "%d", batch);
+    snprintf(doubled, sizeof doubled, "%d", 2 * batch);
+    snprintf(expect, sizeof expect, "data-parallel over 2 ranks: batch %d per rank, an effective batch of %d", batch,
+             2 * batch);
+    char *argv[64];
+    assert_true(n_common < 50);
     int n = 0;
     argv[n++] = keel;
     argv[n++] = "train";
-    for (int i = 0; i < N_COMMON; i++)
+    for (int i = 0; i < n_common; i++)
         argv[n++] = common[i];
     int fixed = n;
     double seconds = 0, seconds_one = 0;
 
     argv[n++] = "--data-parallel";
     argv[n++] = "--batch";
-    argv[n++] = "32";
+    argv[n++] = per_rank;
     argv[n++] = "--save";
     argv[n++] = two;
     argv[n] = NULL;
     int status = run_ranks(2, argv, log, 240, &seconds);
-    if (status != 0 || !file_contains(log, "data-parallel over 2 ranks: batch 32 per rank, an effective batch of 64"))
-        system("cat /tmp/keel_dp_*/log");
+    if (status != 0 || !file_contains(log, expect)) {
+        char cat[PATH_MAX + 64];
+        snprintf(cat, sizeof cat, "cat '%s'", log);
+        if (system(cat) != 0)
+            printf("(no log)\n");
+    }
     assert_int_equal(status, 0);
-    assert_true(file_contains(log, "data-parallel over 2 ranks: batch 32 per rank, an effective batch of 64"));
+    assert_true(file_contains(log, expect));
 
     n = fixed;
     argv[n++] = "--batch";
-    argv[n++] = "64";
+    argv[n++] = doubled;
     argv[n++] = "--save";
     argv[n++] = one;
     argv[n] = NULL;
     assert_int_equal(run_ranks(1, argv, log, 240, &seconds_one), 0);
-    printf("keel train: 2 ranks x batch 32 took %.1f s, 1 process x batch 64 %.1f s\n", seconds, seconds_one);
+    printf("keel train %s: 2 ranks x batch %d took %.1f s, 1 process x batch %d %.1f s\n", label, batch, seconds,
+           2 * batch, seconds_one);
 
     keel_st_file *a = NULL, *b = NULL;
     KS_OK(keel_st_file_load(&a, two));
@@ -319,18 +323,56 @@ static void test_keel_train_data_parallel(void **state)
         double *w = malloc((size_t)want->numel * sizeof *w);
         ks_to_double(want->data, w, want->numel);
         char what[256];
-        snprintf(what, sizeof what, "keel train --data-parallel (2 x 32) vs batch 64: %s", want->name);
+        snprintf(what, sizeof what, "keel train --data-parallel %s (2 x %d) vs batch %d: %s", label, batch,
+                 2 * batch, want->name);
         ks_check(what, got->data, w, want->numel, 1e-2, 1e-5);
         free(w);
         compared++;
     }
-    assert_true(compared >= 20); /* lenet5's five weight-bias pairs and their momenta */
     keel_st_file_free(a);
     keel_st_file_free(b);
     unlink(two);
     unlink(one);
     unlink(log);
     rmdir(dir);
+    return compared;
+}
+
+/* Fashion-MNIST, 5 steps of lenet5. */
+static void test_keel_train_data_parallel(void **state)
+{
+    (void)state;
+    const char *data = getenv("KEEL_DATA_DIR");
+    if (!have_mpirun() || !data)
+        skip();
+    char *common[] = {"--data", (char *)data, "--model", "lenet5", "--subset", "320", "--epochs", "1", "--no-test",
+                      "--schedule", "constant", "--threads", "1", "--progress", "lines", "--seed", "3"};
+    int compared = data_parallel_equals_doubled_batch("fashion-mnist", common, sizeof common / sizeof common[0], 32);
+    assert_true(compared >= 20); /* lenet5's five weight-bias pairs and their momenta */
+}
+
+/* An image folder decoded by worker threads: each rank's image loader takes
+ * its shard of every global batch, with the same random crops. */
+static void test_keel_train_data_parallel_images(void **state)
+{
+    (void)state;
+    if (!have_mpirun())
+        skip();
+    char dir[] = "/tmp/keel_dp_tree_XXXXXX", tree[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(tree, sizeof tree, "%s/tree", dir);
+    if (!ks_write_colour_tree(tree, 16, 40, 48)) {
+        printf("PNG writing is not built in; skipping\n");
+        skip();
+    }
+    char *common[] = {"--data", tree, "--model", "lenet5", "--crop", "32", "--short-side", "40", "--epochs", "2",
+                      "--no-test", "--workers", "2", "--schedule", "constant", "--threads", "1", "--progress",
+                      "lines", "--seed", "5"};
+    int compared = data_parallel_equals_doubled_batch("images", common, sizeof common / sizeof common[0], 6);
+    assert_true(compared >= 20);
+    char cleanup[128];
+    snprintf(cleanup, sizeof cleanup, "rm -rf '%s'", dir);
+    assert_int_equal(system(cleanup), 0);
 }
 
 int main(int argc, char **argv)
@@ -346,6 +388,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_two_ranks_equal_doubled_batch),
         cmocka_unit_test(test_dead_rank_fails_in_bounded_time),
         cmocka_unit_test(test_keel_train_data_parallel),
+        cmocka_unit_test(test_keel_train_data_parallel_images),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,7 +22,12 @@ static int make_tmp_dir(void **state)
     return mkdtemp(tmp_dir) ? 0 : -1;
 }
 
-static void write_colour_tree(const char *root);
+
+#define TREE_CLASSES 3
+#define TREE_PER_CLASS 12
+#define TREE_IMAGES (TREE_CLASSES * TREE_PER_CLASS)
+
+static bool have_tree;
 
 /* The temporary folder, with the image tree of the image tests in it. */
 static int setup_group(void **state)
@@ -31,7 +36,7 @@ static int setup_group(void **state)
         return -1;
     char path[320];
     snprintf(path, sizeof path, "%s/tree", tmp_dir);
-    write_colour_tree(path);
+    have_tree = ks_write_colour_tree(path, TREE_PER_CLASS, 40, 48);
     return 0;
 }
 
@@ -686,43 +691,6 @@ static void test_trainer_bad_opts(void **state)
  * A tree of 3 classes x 12 PNGs of 40x48 written here, each image noise with
  * its class's colour channel raised, so a small network can learn it. */
 
-#define TREE_CLASSES 3
-#define TREE_PER_CLASS 12
-#define TREE_IMAGES (TREE_CLASSES * TREE_PER_CLASS)
-
-static bool have_tree;
-
-static void write_colour_tree(const char *root)
-{
-    static const char *const names[TREE_CLASSES] = {"red", "green", "blue"};
-    const int height = 40, width = 48;
-    char path[400];
-    assert_int_equal(mkdir(root, 0777), 0);
-    uint8_t *pixels = malloc((size_t)height * width * 3);
-    float *noise = malloc((size_t)height * width * 3 * sizeof *noise);
-    assert_non_null(pixels);
-    assert_non_null(noise);
-    have_tree = true;
-    for (int c = 0; c < TREE_CLASSES && have_tree; c++) {
-        snprintf(path, sizeof path, "%s/%s", root, names[c]);
-        assert_int_equal(mkdir(path, 0777), 0);
-        for (int i = 0; i < TREE_PER_CLASS; i++) {
-            ks_fill_uniform(noise, (int64_t)height * width * 3, (uint64_t)(100 * c + i + 1), 0.0f, 1.0f);
-            for (int k = 0; k < height * width * 3; k++)
-                pixels[k] = (uint8_t)(k % 3 == c ? 130.0f + 125.0f * noise[k] : 110.0f * noise[k]);
-            keel_image img = {.height = height, .width = width, .channels = 3, .pixels = pixels};
-            snprintf(path, sizeof path, "%s/%s/%02d.png", root, names[c], i);
-            keel_status st = keel_image_save(&img, path, 95);
-            if (st == KEEL_ERR_UNSUPPORTED) { /* built without libpng */
-                have_tree = false;
-                break;
-            }
-            KS_OK(st);
-        }
-    }
-    free(pixels);
-    free(noise);
-}
 
 static void need_tree(void)
 {

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -95,4 +96,37 @@ float *ks_param_random(keel_plan *plan, const char *name, int64_t n, uint64_t se
     ks_fill_uniform(v, n, seed, lo, hi);
     KS_OK(keel_plan_param_set(plan, name, v, n));
     return v;
+}
+
+bool ks_write_colour_tree(const char *root, int per_class, int height, int width)
+{
+    static const char *const names[3] = {"red", "green", "blue"};
+    size_t values = (size_t)height * width * 3;
+    uint8_t *pixels = malloc(values);
+    float *noise = malloc(values * sizeof *noise);
+    char path[4096];
+    assert_non_null(pixels);
+    assert_non_null(noise);
+    assert_int_equal(mkdir(root, 0777), 0);
+    bool written = true;
+    for (int c = 0; c < 3 && written; c++) {
+        snprintf(path, sizeof path, "%s/%s", root, names[c]);
+        assert_int_equal(mkdir(path, 0777), 0);
+        for (int i = 0; i < per_class; i++) {
+            ks_fill_uniform(noise, (int64_t)values, (uint64_t)(100 * c + i + 1), 0.0f, 1.0f);
+            for (size_t k = 0; k < values; k++)
+                pixels[k] = (uint8_t)((int)(k % 3) == c ? 130.0f + 125.0f * noise[k] : 110.0f * noise[k]);
+            keel_image img = {.height = height, .width = width, .channels = 3, .pixels = pixels};
+            snprintf(path, sizeof path, "%s/%s/%02d.png", root, names[c], i);
+            keel_status st = keel_image_save(&img, path, 95);
+            if (st == KEEL_ERR_UNSUPPORTED) {
+                written = false;
+                break;
+            }
+            KS_OK(st);
+        }
+    }
+    free(pixels);
+    free(noise);
+    return written;
 }

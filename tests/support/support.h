@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include "keel/keel.h"
@@ -44,5 +45,11 @@ void ks_graph_ok(keel_graph *g);
 /* Sets a parameter from a float64-friendly random vector and returns the
  * values it set (caller frees). */
 float *ks_param_random(keel_plan *plan, const char *name, int64_t n, uint64_t seed, float lo, float hi);
+
+/* An image folder in ImageNet's layout: ROOT/red, ROOT/green, ROOT/blue,
+ * each with `per_class` PNGs NN.png of height x width whose class's colour
+ * channel is raised over seeded noise, so a small network can learn it.
+ * False when this libkeel cannot write PNGs (built without libpng). */
+bool ks_write_colour_tree(const char *root, int per_class, int height, int width);
 
 #endif
