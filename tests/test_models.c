@@ -417,6 +417,79 @@ static void train_fixed_batch(const char *name, keel_model_opts opts, int steps,
     keel_graph_free(g);
 }
 
+/* AlexNet's towers on two logical CPU devices: 3 steps give the losses and
+ * gradients of one device (dropout on: its masks follow seed, step and
+ * node, not the device). */
+static void run_alexnet(const char *devices, float *losses, float **grads, int64_t *grad_count)
+{
+    keel_model_opts opts = {.batch = 2, .classes = 10, .height = 67, .width = 67};
+    keel_model_io io;
+    keel_graph *g = build("alexnet", &opts, &io);
+    KS_OK(keel_graph_backward(g, io.loss));
+    keel_context *ctx = ks_context();
+    keel_plan_opts popts = {.devices = devices, .seed = 42, .poison_dead = true};
+    keel_plan *plan = NULL;
+    KS_OK(keel_plan_compile(&plan, g, ctx, &popts));
+    int64_t image_count = keel_node_numel(io.images);
+    float *images = malloc((size_t)image_count * sizeof *images);
+    assert_non_null(images);
+    ks_fill_uniform(images, image_count, 3, -1.0f, 1.0f);
+    int32_t labels[2] = {3, 7};
+    KS_OK(keel_plan_set_input(plan, io.images, images));
+    KS_OK(keel_plan_set_input(plan, io.labels, labels));
+    int64_t largest = largest_param(plan);
+    float *param = malloc((size_t)largest * sizeof *param), *grad = malloc((size_t)largest * sizeof *grad);
+    assert_non_null(param);
+    assert_non_null(grad);
+    for (int step = 0; step < 3; step++) {
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+        KS_OK(keel_plan_read(plan, io.loss, &losses[step]));
+        if (step < 2)
+            sgd_step(plan, 0.001f, param, grad);
+    }
+    int64_t total = 0;
+    for (int i = 0; i < keel_plan_param_count(plan); i++) {
+        keel_param_info info;
+        KS_OK(keel_plan_param_info(plan, i, &info));
+        if (!info.trainable) continue;
+        int64_t n = 1;
+        for (int d = 0; d < info.ndim; d++) n *= info.shape[d];
+        *grads = realloc(*grads, (size_t)(total + n) * sizeof **grads);
+        assert_non_null(*grads);
+        KS_OK(keel_plan_grad_get(plan, info.name, *grads + total, n));
+        total += n;
+    }
+    *grad_count = total;
+    free(param);
+    free(grad);
+    free(images);
+    keel_plan_destroy(plan);
+    keel_context_destroy(ctx);
+    keel_graph_free(g);
+}
+
+static void test_alexnet_towers_on_two_devices(void **state)
+{
+    (void)state;
+    float one_losses[3], two_losses[3];
+    float *one = NULL, *two = NULL;
+    int64_t one_count = 0, two_count = 0;
+    run_alexnet("cpu", one_losses, &one, &one_count);
+    run_alexnet("cpu:0,cpu:1", two_losses, &two, &two_count);
+    assert_int_equal(one_count, two_count);
+    double want_losses[3];
+    ks_to_double(one_losses, want_losses, 3);
+    double *want = malloc((size_t)one_count * sizeof *want);
+    assert_non_null(want);
+    ks_to_double(one, want, one_count);
+    ks_check("alexnet towers on cpu:0,cpu:1 vs cpu: losses (3 steps)", two_losses, want_losses, 3, 1e-3, 1e-6);
+    ks_check("alexnet towers on cpu:0,cpu:1 vs cpu: gradients after 3 steps", two, want, one_count, 1e-2, 1e-6);
+    free(want);
+    free(one);
+    free(two);
+}
+
 static void test_train_lenet5(void **state)
 {
     (void)state;
@@ -516,6 +589,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_forward_flops, start_clock, print_clock),
         cmocka_unit_test_setup_teardown(test_param_names, start_clock, print_clock),
         cmocka_unit_test_setup_teardown(test_alexnet_towers, start_clock, print_clock),
+        cmocka_unit_test_setup_teardown(test_alexnet_towers_on_two_devices, start_clock, print_clock),
         cmocka_unit_test_setup_teardown(test_unknown_model, start_clock, print_clock),
         cmocka_unit_test_setup_teardown(test_bad_options, start_clock, print_clock),
         cmocka_unit_test_setup_teardown(test_alexnet_init, start_clock, print_clock),
