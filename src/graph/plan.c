@@ -612,9 +612,20 @@ static keel_status check_fits(const keel_plan *plan, const keel_plan_device *dev
                      first_batch_size(plan->graph) > 1 ? "; try a smaller --batch" : "");
 }
 
+/* Staging buffers for inputs copied while a step runs (create_staging). */
+static int64_t staging_bytes(const keel_plan *plan)
+{
+    int64_t bytes = 0;
+    for (int i = 0; plan->backend->copy_in && i < plan->graph->n_nodes; i++)
+        if (plan->graph->nodes[i]->op == KEEL_OP_INPUT)
+            bytes += node_bytes(plan->graph->nodes[i]);
+    return bytes;
+}
+
 static keel_status allocate_memory(keel_plan *plan)
 {
-    int64_t block_bytes = (int64_t)sizeof(float) * (2 * plan->param_floats + plan->state_floats + 48);
+    int64_t param_bytes = (int64_t)sizeof(float) * (2 * plan->param_floats + plan->state_floats + 48);
+    int64_t block_bytes = param_bytes + staging_bytes(plan);
     for (int d = 0; d < plan->n_devices; d++) {
         keel_plan_device *dev = &plan->devices[d];
         keel_status st = check_fits(plan, dev, dev->arena_bytes + dev->workspace_bytes + (d == 0 ? block_bytes : 0));
@@ -640,7 +651,7 @@ static keel_status allocate_memory(keel_plan *plan)
     if (!plan->param_block || !plan->grad_block || !plan->state_block) {
         char a[32];
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %s of parameters on %s",
-                         format_bytes(a, sizeof a, block_bytes), plan->devices[0].name);
+                         format_bytes(a, sizeof a, param_bytes), plan->devices[0].name);
     }
     return be->fill(plan->device, plan->grad_block, 0.0f, (size_t)plan->param_floats + 16);
 }
