@@ -4,7 +4,8 @@
 #   benchmarks/gpu-check.sh prepare [BUILD]   on the development machine
 #       builds BUILD (default build-cuda) with -Dcuda=enabled, and fills
 #       .carry/gpu/ with what the GPU machine lacks: the non-system shared
-#       libraries the binaries link (OpenBLAS, cJSON, CMocka, libgomp, ...),
+#       libraries the binaries link (OpenBLAS, oneDNN, cJSON, CMocka, libgomp,
+#       ..., packed as lib.tar.xz to fit the device tool's 64 MiB carry),
 #       the hand-written cuDNN device profile, and a 10000-image subset of
 #       Fashion-MNIST. Prints the carry list for the device tool.
 #
@@ -94,9 +95,29 @@ prepare() {
     [ -f "$CARRY/$PROFILE_NAME" ] || echo "warning: no $PROFILE_NAME found; the GPU run saves the real one only"
     subset_dataset
     echo "bundled into $CARRY:"
-    ls -la "$CARRY" "$CARRY/lib"
+    ls -la "$CARRY/lib"
+    # The device tool carries 64 MiB in all; oneDNN and OpenBLAS alone are
+    # ~75 MiB, a sixth of that with xz.
+    tar -C "$CARRY" -cJf "$CARRY/lib.tar.xz" lib && rm -rf "$CARRY/lib" || die "packing the libraries failed"
+    ls -la "$CARRY"
     du -sh "$BUILD" "$CARRY"
+    local total
+    total=$(du -scm "$BUILD" "$CARRY" | tail -n 1 | cut -f1)
+    [ "$total" -lt 62 ] || echo "warning: the carry is $total MiB; the device tool takes 64 MiB in all"
     echo "carry: [\"$BUILD\", \".carry\"]   command: bash benchmarks/gpu-check.sh run $BUILD"
+}
+
+# Unpacks the carried libraries (xz through tar, or Python's lzma where the
+# machine has no xz) and prints their folder.
+unpack_libs() {
+    local dir="${TMPDIR:-/tmp}/keel-gpu-lib"
+    rm -rf "$dir" && mkdir -p "$dir"
+    if [ -f "$CARRY/lib.tar.xz" ]; then
+        tar -C "$dir" -xJf "$CARRY/lib.tar.xz" 2>/dev/null ||
+            python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+                "$CARRY/lib.tar.xz" "$dir" || echo "gpu-check: cannot unpack $CARRY/lib.tar.xz" >&2
+    fi
+    echo "$dir/lib"
 }
 
 # ---- run (GPU machine) ------------------------------------------------------------------
@@ -250,10 +271,11 @@ run() {
     [ -f "$BUILD/libkeel.so" ] || die "no $BUILD/libkeel.so: carry the build folder (prepare it with 'prepare')"
     mkdir -p "$LOGS"
     exec > >(tee "$OUT/gpu-check.log") 2>&1
-    local cuda_dirs
+    local cuda_dirs libs_dir
     cuda_dirs=$(cuda_lib_dirs)
+    libs_dir=$(unpack_libs)
     # For Keel's programs only: PyTorch keeps the machine's own library path.
-    KEEL_LIBS="$ROOT/$BUILD:$CARRY/lib:$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    KEEL_LIBS="$ROOT/$BUILD:$libs_dir:$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     echo "library path for keel: $KEEL_LIBS"
     note "machine"
     nvidia-smi -L 2>&1 || echo "nvidia-smi failed"
