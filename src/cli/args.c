@@ -196,6 +196,20 @@ const char *cli_default_data_dir(const char *dataset)
     return KEEL_FASHION_MNIST_DIR;
 }
 
+int cli_resolve_images(const cli_command *cmd, const char *dataset, const char *data, const char *const *image_flags,
+                       bool *images)
+{
+    if (cli_find(cmd, "dataset")->given)
+        *images = strcmp(dataset, "images") == 0;
+    else
+        *images = data && cli_is_image_path(data);
+    for (int i = 0; !*images && image_flags[i]; i++)
+        if (cli_find(cmd, image_flags[i])->given)
+            return cli_usage_error(cmd, "--%s applies to image datasets (--data FOLDER, a list file or packed "
+                                   "shards), not %s", image_flags[i], dataset);
+    return CLI_OK;
+}
+
 bool cli_is_image_path(const char *path)
 {
     struct stat info;

@@ -71,6 +71,11 @@ const char *cli_default_data_dir(const char *dataset);
 /* Whether --data names an image dataset: a directory holding class
  * sub-folders or *.keelpack shards, or a file (a list or a shard). */
 bool cli_is_image_path(const char *path);
+/* Sets *images: --dataset images, or without --dataset what --data is
+ * (cli_is_image_path). For any other dataset, a flag of `image_flags`
+ * (NULL-terminated) that was given is a usage error. */
+int cli_resolve_images(const cli_command *cmd, const char *dataset, const char *data, const char *const *image_flags,
+                       bool *images);
 /* The cores of this machine (at least 1): the default of --workers. */
 int cli_cpu_count(void);
 /* The shorter side images are decoded to for `crop`-pixel crops: 256, as

@@ -228,18 +228,10 @@ static keel_status evaluate_images(const eval_args *a, keel_model_opts *mo, keel
 /* Whether --data is an image dataset, and the flags that only such take. */
 static int resolve_images(const cli_command *cmd, eval_args *a)
 {
-    if (cli_find(cmd, "dataset")->given)
-        a->images = strcmp(a->dataset, "images") == 0;
-    else
-        a->images = a->data && cli_is_image_path(a->data);
-    if (!a->images) {
-        const char *image_flags[] = {"workers", "crop", "ten-crop", "short-side"};
-        for (size_t i = 0; i < sizeof image_flags / sizeof image_flags[0]; i++)
-            if (cli_find(cmd, image_flags[i])->given)
-                return cli_usage_error(cmd, "--%s applies to image datasets (--data FOLDER, a list file or packed "
-                                       "shards), not %s", image_flags[i], a->dataset);
-        return CLI_OK;
-    }
+    static const char *const image_flags[] = {"workers", "crop", "ten-crop", "short-side", NULL};
+    int rc = cli_resolve_images(cmd, a->dataset, a->data, image_flags, &a->images);
+    if (rc != CLI_OK || !a->images)
+        return rc;
     if (!a->data)
         return cli_usage_error(cmd, "--dataset images needs --data PATH (an image folder, a list file or packed "
                                "shards)");

@@ -139,19 +139,10 @@ static int check_image_args(const cli_command *cmd, train_args *a)
 /* Whether --data is an image dataset, and the flags that only such take. */
 static int resolve_images(const cli_command *cmd, train_args *a)
 {
-    if (cli_find(cmd, "dataset")->given)
-        a->images = strcmp(a->dataset, "images") == 0;
-    else
-        a->images = a->data && cli_is_image_path(a->data);
-    if (a->images)
-        return check_image_args(cmd, a);
-    const char *image_flags[] = {"val", "workers", "crop", "augment", "lighting", "mean-image", "ten-crop",
-                                 "short-side"};
-    for (size_t i = 0; i < sizeof image_flags / sizeof image_flags[0]; i++)
-        if (cli_find(cmd, image_flags[i])->given)
-            return cli_usage_error(cmd, "--%s applies to image datasets (--data FOLDER, a list file or packed "
-                                   "shards), not %s", image_flags[i], a->dataset);
-    return CLI_OK;
+    static const char *const image_flags[] = {"val", "workers", "crop", "augment", "lighting", "mean-image",
+                                              "ten-crop", "short-side", NULL};
+    int rc = cli_resolve_images(cmd, a->dataset, a->data, image_flags, &a->images);
+    return rc == CLI_OK && a->images ? check_image_args(cmd, a) : rc;
 }
 
 static cli_progress_mode progress_mode(const char *text)
