@@ -106,8 +106,8 @@ static int filter_taps(int in_size, int out_size)
 
 /* With `pad`, every output gets exactly taps_max taps, the extra ones with
  * weight 0 and the window moved left where it would pass the end, so the
- * horizontal pass runs fixed-length loops the compiler unrolls; the sums
- * are unchanged. Needs in_size >= taps_max. */
+ * horizontal pass runs one fixed-length loop across a block of rows
+ * (resample_block); the sums are unchanged. Needs in_size >= taps_max. */
 static void compute_taps(int start, int in_size, int out_size, int taps_max, bool pad, int *bounds, int32_t *weights)
 {
     double scale = (double)in_size / out_size;
@@ -148,27 +148,7 @@ static inline uint8_t clip_fixed(int32_t acc)
     return (uint8_t)(acc < 0 ? 0 : acc > 255 ? 255 : acc);
 }
 
-/* The horizontal pass over one row with `taps` taps per output; inlined with
- * a constant taps below, so the tap loop unrolls. */
-static inline void resample_row(const uint8_t *row, const int *bounds, const int32_t *weights, int taps,
-                                uint8_t *out, int out_width)
-{
-    for (int o = 0; o < out_width; o++) {
-        const uint8_t *p = row + (size_t)bounds[2 * o] * 3;
-        const int32_t *w = weights + (size_t)o * taps;
-        int32_t r = 1 << (FIXED_BITS - 1), g = r, b = r;
-        for (int t = 0; t < taps; t++) {
-            r += p[3 * t] * w[t];
-            g += p[3 * t + 1] * w[t];
-            b += p[3 * t + 2] * w[t];
-        }
-        out[3 * o] = clip_fixed(r);
-        out[3 * o + 1] = clip_fixed(g);
-        out[3 * o + 2] = clip_fixed(b);
-    }
-}
-
-/* Outputs with different tap counts (a box narrower than the filter). */
+/* One row, each output with its own tap count: fixed-point sums as Pillow's. */
 static void resample_row_varying(const uint8_t *row, const int *bounds, const int32_t *weights, int taps_max,
                                  uint8_t *out, int out_width)
 {
@@ -191,7 +171,8 @@ static void resample_row_varying(const uint8_t *row, const int *bounds, const in
  * block's source pixels are laid out column by column (BLOCK_LANES bytes:
  * each row's R, G, B), so that a tap is one multiply-add across every row
  * and channel of the block, which the compiler vectorises (with AVX2 where
- * the CPU has it). The sums are resample_row's, so the bytes are too. */
+ * the CPU has it). The sums are resample_row_varying's, so the bytes are
+ * too. */
 enum { BLOCK_ROWS = 16, BLOCK_LANES = 3 * BLOCK_ROWS };
 
 __attribute__((target_clones("avx2", "default")))
@@ -254,23 +235,14 @@ static void resample_rows_blocked(const uint8_t *src, size_t src_stride, int row
     }
 }
 
+/* A box narrower than the filter (few source pixels, each output its own
+ * tap count): row by row. */
 static void resample_rows(const uint8_t *src, size_t src_stride, int row_count, const int *bounds,
-                          const int32_t *weights, int taps_max, bool padded, uint8_t *dst, int out_width)
+                          const int32_t *weights, int taps_max, uint8_t *dst, int out_width)
 {
-    for (int r = 0; r < row_count; r++) {
-        const uint8_t *row = src + (size_t)r * src_stride;
-        uint8_t *out = dst + (size_t)r * out_width * 3;
-        if (!padded)
-            resample_row_varying(row, bounds, weights, taps_max, out, out_width);
-        else if (taps_max == 3) /* enlarging */
-            resample_row(row, bounds, weights, 3, out, out_width);
-        else if (taps_max == 5) /* shrinking by up to 2 */
-            resample_row(row, bounds, weights, 5, out, out_width);
-        else if (taps_max == 7)
-            resample_row(row, bounds, weights, 7, out, out_width);
-        else
-            resample_row(row, bounds, weights, taps_max, out, out_width);
-    }
+    for (int r = 0; r < row_count; r++)
+        resample_row_varying(src + (size_t)r * src_stride, bounds, weights, taps_max,
+                             dst + (size_t)r * out_width * 3, out_width);
 }
 
 __attribute__((target_clones("avx2", "default")))
@@ -331,7 +303,7 @@ keel_status keel_resample(const uint8_t *src, int src_width, int x, int y, int b
             resample_rows_blocked(src + (size_t)first_row * src_stride, src_stride, rows, hbounds, hweights, htaps,
                                   s->middle, out_width, s->middle + middle_bytes);
         else
-            resample_rows(src + (size_t)first_row * src_stride, src_stride, rows, hbounds, hweights, htaps, false,
+            resample_rows(src + (size_t)first_row * src_stride, src_stride, rows, hbounds, hweights, htaps,
                           s->middle, out_width);
         middle = s->middle;
         middle_stride = (size_t)out_width * 3;
