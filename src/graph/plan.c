@@ -108,20 +108,21 @@ static keel_status open_devices(keel_plan *plan, const char *spec)
         keel_status st = parse_one_device(at, len, &dev->backend, &index);
         if (st != KEEL_OK)
             return st;
-        snprintf(dev->name, sizeof dev->name, "%s:%d", dev->backend->name, index);
+        dev->index = index;
         int repeats = 0; /* a GPU named again is another stream on it */
         for (int e = 0; e < d; e++) {
             if (plan->devices[e].backend != dev->backend)
                 return keel_fail(KEEL_ERR_UNSUPPORTED, "devices '%s' mix %s and %s; use devices of one kind",
                                  devices, plan->devices[e].backend->name, dev->backend->name);
-            if (strncmp(plan->devices[e].name, dev->name, strlen(dev->name)) == 0 &&
-                (plan->devices[e].name[strlen(dev->name)] == '\0' || plan->devices[e].name[strlen(dev->name)] == '.'))
-                repeats++;
+            repeats += plan->devices[e].index == index;
         }
         if (repeats && !dev->backend->event_create)
-            return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "devices '%s' name %s twice", devices, dev->name);
+            return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "devices '%s' name %s:%d twice", devices, dev->backend->name,
+                             index);
         if (repeats)
-            snprintf(dev->name + strlen(dev->name), sizeof dev->name - strlen(dev->name), ".%d", repeats);
+            snprintf(dev->name, sizeof dev->name, "%s:%d.%d", dev->backend->name, index, repeats);
+        else
+            snprintf(dev->name, sizeof dev->name, "%s:%d", dev->backend->name, index);
         if (n == 1) {
             st = keel_context_device(plan->ctx, dev->backend, index, &dev->device);
         } else {

@@ -19,6 +19,7 @@ typedef struct keel_plan_param {
 typedef struct keel_plan_device {
     const keel_backend *backend;
     keel_device *device;
+    int index;                  /* N of "cpu:N" / "cuda:N" */
     bool owned;                 /* opened by the plan (a split CPU), closed with it */
     char name[32];              /* "cpu:1" */
     void *arena;
