@@ -21,6 +21,16 @@ static inline unsigned keel_blocks_for(int64_t n)
     return (unsigned)(blocks < KEEL_MAX_BLOCKS ? blocks : KEEL_MAX_BLOCKS);
 }
 
+/* Launch with KEEL_LAUNCH(kernel, grid, block, stream)(args...) rather than
+ * kernel<<<grid, block, 0, stream>>>(args...): one source then runs on the
+ * GPU and, compiled as C++ in the tests, on the CPU emulator of the thread
+ * grid (tests/kernel_emu/), which only nvcc's launch syntax would stop. */
+#ifdef __CUDACC__
+#define KEEL_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#else
+#define KEEL_LAUNCH(kernel, grid, block, stream) keel_emu::launch(kernel, grid, block, stream)
+#endif
+
 #define KEEL_GRID_STRIDE(i, n)                                                                            \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)blockDim.x * gridDim.x)
 

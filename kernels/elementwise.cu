@@ -13,7 +13,7 @@ extern "C" cudaError_t keel_k_fill(cudaStream_t stream, float *y, float value, i
 {
     if (n <= 0)
         return cudaSuccess;
-    fill_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(y, value, n);
+    KEEL_LAUNCH(fill_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(y, value, n);
     return keel_launch_status();
 }
 
@@ -62,12 +62,18 @@ extern "C" cudaError_t keel_k_activation(cudaStream_t stream, keel_k_act act, fl
         return cudaSuccess;
     unsigned blocks = keel_blocks_for(n);
     switch (act) {
-    case KEEL_K_RELU: activation_kernel<KEEL_K_RELU><<<blocks, KEEL_THREADS, 0, stream>>>(x, y, slope, n); break;
-    case KEEL_K_LEAKY_RELU:
-        activation_kernel<KEEL_K_LEAKY_RELU><<<blocks, KEEL_THREADS, 0, stream>>>(x, y, slope, n);
+    case KEEL_K_RELU:
+        KEEL_LAUNCH(activation_kernel<KEEL_K_RELU>, blocks, KEEL_THREADS, stream)(x, y, slope, n);
         break;
-    case KEEL_K_SIGMOID: activation_kernel<KEEL_K_SIGMOID><<<blocks, KEEL_THREADS, 0, stream>>>(x, y, slope, n); break;
-    case KEEL_K_TANH: activation_kernel<KEEL_K_TANH><<<blocks, KEEL_THREADS, 0, stream>>>(x, y, slope, n); break;
+    case KEEL_K_LEAKY_RELU:
+        KEEL_LAUNCH(activation_kernel<KEEL_K_LEAKY_RELU>, blocks, KEEL_THREADS, stream)(x, y, slope, n);
+        break;
+    case KEEL_K_SIGMOID:
+        KEEL_LAUNCH(activation_kernel<KEEL_K_SIGMOID>, blocks, KEEL_THREADS, stream)(x, y, slope, n);
+        break;
+    case KEEL_K_TANH:
+        KEEL_LAUNCH(activation_kernel<KEEL_K_TANH>, blocks, KEEL_THREADS, stream)(x, y, slope, n);
+        break;
     default: return cudaErrorInvalidValue;
     }
     return keel_launch_status();
@@ -81,16 +87,16 @@ extern "C" cudaError_t keel_k_activation_bwd(cudaStream_t stream, keel_k_act act
     unsigned blocks = keel_blocks_for(n);
     switch (act) {
     case KEEL_K_RELU:
-        activation_bwd_kernel<KEEL_K_RELU><<<blocks, KEEL_THREADS, 0, stream>>>(dy, saved, dx, slope, n);
+        KEEL_LAUNCH(activation_bwd_kernel<KEEL_K_RELU>, blocks, KEEL_THREADS, stream)(dy, saved, dx, slope, n);
         break;
     case KEEL_K_LEAKY_RELU:
-        activation_bwd_kernel<KEEL_K_LEAKY_RELU><<<blocks, KEEL_THREADS, 0, stream>>>(dy, saved, dx, slope, n);
+        KEEL_LAUNCH(activation_bwd_kernel<KEEL_K_LEAKY_RELU>, blocks, KEEL_THREADS, stream)(dy, saved, dx, slope, n);
         break;
     case KEEL_K_SIGMOID:
-        activation_bwd_kernel<KEEL_K_SIGMOID><<<blocks, KEEL_THREADS, 0, stream>>>(dy, saved, dx, slope, n);
+        KEEL_LAUNCH(activation_bwd_kernel<KEEL_K_SIGMOID>, blocks, KEEL_THREADS, stream)(dy, saved, dx, slope, n);
         break;
     case KEEL_K_TANH:
-        activation_bwd_kernel<KEEL_K_TANH><<<blocks, KEEL_THREADS, 0, stream>>>(dy, saved, dx, slope, n);
+        KEEL_LAUNCH(activation_bwd_kernel<KEEL_K_TANH>, blocks, KEEL_THREADS, stream)(dy, saved, dx, slope, n);
         break;
     default: return cudaErrorInvalidValue;
     }
@@ -114,9 +120,9 @@ extern "C" cudaError_t keel_k_add(cudaStream_t stream, const float *a, const flo
     if (n <= 0)
         return cudaSuccess;
     if (relu)
-        add_kernel<true><<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(a, b, y, n);
+        KEEL_LAUNCH(add_kernel<true>, keel_blocks_for(n), KEEL_THREADS, stream)(a, b, y, n);
     else
-        add_kernel<false><<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(a, b, y, n);
+        KEEL_LAUNCH(add_kernel<false>, keel_blocks_for(n), KEEL_THREADS, stream)(a, b, y, n);
     return keel_launch_status();
 }
 
@@ -129,7 +135,7 @@ extern "C" cudaError_t keel_k_scale(cudaStream_t stream, const float *x, float *
 {
     if (n <= 0)
         return cudaSuccess;
-    scale_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(x, y, s, n);
+    KEEL_LAUNCH(scale_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(x, y, s, n);
     return keel_launch_status();
 }
 
@@ -146,7 +152,7 @@ extern "C" cudaError_t keel_k_dropout(cudaStream_t stream, const float *x, float
     if (n <= 0)
         return cudaSuccess;
     float inv_keep = 1.0f / (1.0f - p);
-    dropout_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(x, y, n, key, p, inv_keep);
+    KEEL_LAUNCH(dropout_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(x, y, n, key, p, inv_keep);
     return keel_launch_status();
 }
 
@@ -163,7 +169,7 @@ extern "C" cudaError_t keel_k_bias_add(cudaStream_t stream, float *y, const floa
     int64_t n = batch * channels * inner;
     if (n <= 0)
         return cudaSuccess;
-    bias_add_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(y, bias, channels, inner, n);
+    KEEL_LAUNCH(bias_add_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(y, bias, channels, inner, n);
     return keel_launch_status();
 }
 
@@ -189,6 +195,6 @@ extern "C" cudaError_t keel_k_bias_grad(cudaStream_t stream, const float *dy, fl
 {
     if (channels <= 0)
         return cudaSuccess;
-    bias_grad_kernel<<<(unsigned)channels, KEEL_THREADS, 0, stream>>>(dy, db, batch, channels, inner);
+    KEEL_LAUNCH(bias_grad_kernel, (unsigned)channels, KEEL_THREADS, stream)(dy, db, batch, channels, inner);
     return keel_launch_status();
 }

@@ -87,7 +87,7 @@ extern "C" cudaError_t keel_k_softmax(cudaStream_t stream, const float *x, float
 {
     if (rows <= 0 || classes <= 0)
         return cudaSuccess;
-    softmax_kernel<<<row_blocks(rows), KEEL_THREADS, 0, stream>>>(x, y, rows, classes);
+    KEEL_LAUNCH(softmax_kernel, row_blocks(rows), KEEL_THREADS, stream)(x, y, rows, classes);
     return keel_launch_status();
 }
 
@@ -96,7 +96,7 @@ extern "C" cudaError_t keel_k_softmax_bwd(cudaStream_t stream, const float *dy, 
 {
     if (rows <= 0 || classes <= 0)
         return cudaSuccess;
-    softmax_bwd_kernel<<<row_blocks(rows), KEEL_THREADS, 0, stream>>>(dy, y, dx, rows, classes);
+    KEEL_LAUNCH(softmax_bwd_kernel, row_blocks(rows), KEEL_THREADS, stream)(dy, y, dx, rows, classes);
     return keel_launch_status();
 }
 
@@ -146,11 +146,11 @@ static cudaError_t mean_of(cudaStream_t stream, const float *a, const float *b, 
     if (n <= 0)
         return cudaSuccess;
     double *partial = (double *)workspace;
-    partial_sum_kernel<F><<<KEEL_K_REDUCE_BLOCKS, KEEL_THREADS, 0, stream>>>(a, b, n, partial);
+    KEEL_LAUNCH(partial_sum_kernel<F>, KEEL_K_REDUCE_BLOCKS, KEEL_THREADS, stream)(a, b, n, partial);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)
         return err;
-    finish_mean_kernel<<<1, KEEL_THREADS, 0, stream>>>(partial, KEEL_K_REDUCE_BLOCKS, (double)n, loss);
+    KEEL_LAUNCH(finish_mean_kernel, 1, KEEL_THREADS, stream)(partial, KEEL_K_REDUCE_BLOCKS, (double)n, loss);
     return keel_launch_status();
 }
 
@@ -185,7 +185,7 @@ extern "C" cudaError_t keel_k_mse_loss_bwd(cudaStream_t stream, const float *dlo
 {
     if (n <= 0)
         return cudaSuccess;
-    mse_bwd_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(dloss, p, t, dp, n);
+    KEEL_LAUNCH(mse_bwd_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(dloss, p, t, dp, n);
     return keel_launch_status();
 }
 
@@ -194,7 +194,7 @@ extern "C" cudaError_t keel_k_bce_with_logits_bwd(cudaStream_t stream, const flo
 {
     if (n <= 0)
         return cudaSuccess;
-    bce_bwd_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(dloss, x, t, dx, n);
+    KEEL_LAUNCH(bce_bwd_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(dloss, x, t, dx, n);
     return keel_launch_status();
 }
 
@@ -229,12 +229,12 @@ extern "C" cudaError_t keel_k_softmax_cross_entropy(cudaStream_t stream, const f
 {
     if (rows <= 0 || classes <= 0)
         return cudaSuccess;
-    softmax_xent_kernel<<<row_blocks(rows), KEEL_THREADS, 0, stream>>>(logits, labels, prob, rows, classes, row_loss,
-                                                                       bad_sample);
+    KEEL_LAUNCH(softmax_xent_kernel, row_blocks(rows), KEEL_THREADS, stream)(logits, labels, prob, rows, classes,
+                                                                             row_loss, bad_sample);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)
         return err;
-    finish_mean_kernel<<<1, KEEL_THREADS, 0, stream>>>(row_loss, rows, (double)rows, loss);
+    KEEL_LAUNCH(finish_mean_kernel, 1, KEEL_THREADS, stream)(row_loss, rows, (double)rows, loss);
     return keel_launch_status();
 }
 
@@ -257,7 +257,7 @@ extern "C" cudaError_t keel_k_softmax_cross_entropy_bwd(cudaStream_t stream, con
 {
     if (rows <= 0 || classes <= 0)
         return cudaSuccess;
-    softmax_xent_bwd_kernel<<<keel_blocks_for(rows * classes), KEEL_THREADS, 0, stream>>>(dloss, labels, prob, dz,
-                                                                                          rows, classes);
+    KEEL_LAUNCH(softmax_xent_bwd_kernel, keel_blocks_for(rows * classes), KEEL_THREADS, stream)(dloss, labels, prob,
+                                                                                                dz, rows, classes);
     return keel_launch_status();
 }

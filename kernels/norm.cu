@@ -58,7 +58,7 @@ extern "C" cudaError_t keel_k_lrn(cudaStream_t stream, const keel_k_lrn_params *
     int64_t total = p->batch * p->channels * p->inner;
     if (total <= 0)
         return cudaSuccess;
-    lrn_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, x, y, scale);
+    KEEL_LAUNCH(lrn_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, x, y, scale);
     return keel_launch_status();
 }
 
@@ -68,7 +68,7 @@ extern "C" cudaError_t keel_k_lrn_bwd(cudaStream_t stream, const keel_k_lrn_para
     int64_t total = p->batch * p->channels * p->inner;
     if (total <= 0)
         return cudaSuccess;
-    lrn_bwd_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, dy, x, y, scale, dx);
+    KEEL_LAUNCH(lrn_bwd_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, dy, x, y, scale, dx);
     return keel_launch_status();
 }
 
@@ -169,12 +169,12 @@ extern "C" cudaError_t keel_k_batch_norm(cudaStream_t stream, const keel_k_bn_pa
     int64_t total = p->batch * p->channels * p->inner;
     if (total <= 0)
         return cudaSuccess;
-    bn_stats_kernel<<<(unsigned)p->channels, KEEL_THREADS, 0, stream>>>(*p, training, x, running_mean, running_var,
-                                                                         saved);
+    KEEL_LAUNCH(bn_stats_kernel, (unsigned)p->channels, KEEL_THREADS, stream)(*p, training, x, running_mean,
+                                                                              running_var, saved);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)
         return err;
-    bn_normalize_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, x, gamma, beta, saved, y);
+    KEEL_LAUNCH(bn_normalize_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, x, gamma, beta, saved, y);
     return keel_launch_status();
 }
 
@@ -183,7 +183,7 @@ extern "C" cudaError_t keel_k_batch_norm_bwd_gamma(cudaStream_t stream, const ke
 {
     if (p->channels <= 0)
         return cudaSuccess;
-    bn_bwd_gamma_kernel<<<(unsigned)p->channels, KEEL_THREADS, 0, stream>>>(*p, dy, x, saved, dgamma);
+    KEEL_LAUNCH(bn_bwd_gamma_kernel, (unsigned)p->channels, KEEL_THREADS, stream)(*p, dy, x, saved, dgamma);
     return keel_launch_status();
 }
 
@@ -194,7 +194,7 @@ extern "C" cudaError_t keel_k_batch_norm_bwd_data(cudaStream_t stream, const kee
     int64_t total = p->batch * p->channels * p->inner;
     if (total <= 0)
         return cudaSuccess;
-    bn_bwd_data_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, dy, x, gamma, dgamma, dbeta, saved,
-                                                                             dx);
+    KEEL_LAUNCH(bn_bwd_data_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, dy, x, gamma, dgamma, dbeta,
+                                                                                  saved, dx);
     return keel_launch_status();
 }

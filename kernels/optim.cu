@@ -19,7 +19,7 @@ extern "C" cudaError_t keel_k_sgd(cudaStream_t stream, float *w, float *v, const
 {
     if (n <= 0)
         return cudaSuccess;
-    sgd_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(w, v, g, n, lr, momentum, weight_decay, nesterov);
+    KEEL_LAUNCH(sgd_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(w, v, g, n, lr, momentum, weight_decay, nesterov);
     return keel_launch_status();
 }
 
@@ -29,7 +29,7 @@ extern "C" cudaError_t keel_k_adam(cudaStream_t stream, float *w, float *m, floa
 {
     if (n <= 0)
         return cudaSuccess;
-    adam_kernel<<<keel_blocks_for(n), KEEL_THREADS, 0, stream>>>(w, m, v, g, n, lr, beta1, beta2, eps, weight_decay,
-                                                                 c1, c2);
+    KEEL_LAUNCH(adam_kernel, keel_blocks_for(n), KEEL_THREADS, stream)(w, m, v, g, n, lr, beta1, beta2, eps,
+                                                                       weight_decay, c1, c2);
     return keel_launch_status();
 }

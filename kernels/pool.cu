@@ -161,7 +161,7 @@ extern "C" cudaError_t keel_k_max_pool(cudaStream_t stream, const keel_k_pool_pa
     int64_t total = p->planes * p->out_h * p->out_w;
     if (total <= 0)
         return cudaSuccess;
-    max_pool_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, x, y, argmax);
+    KEEL_LAUNCH(max_pool_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, x, y, argmax);
     return keel_launch_status();
 }
 
@@ -171,7 +171,7 @@ extern "C" cudaError_t keel_k_max_pool_bwd(cudaStream_t stream, const keel_k_poo
     int64_t total = p->planes * p->in_h * p->in_w;
     if (total <= 0)
         return cudaSuccess;
-    max_pool_bwd_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, dy, argmax, dx);
+    KEEL_LAUNCH(max_pool_bwd_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, dy, argmax, dx);
     return keel_launch_status();
 }
 
@@ -181,9 +181,9 @@ extern "C" cudaError_t keel_k_avg_pool(cudaStream_t stream, const keel_k_pool_pa
     if (total <= 0)
         return cudaSuccess;
     if (is_global(p) && p->planes <= 0x7fffffff)
-        global_avg_pool_kernel<<<(unsigned)p->planes, KEEL_THREADS, 0, stream>>>(p->in_h * p->in_w, x, y);
+        KEEL_LAUNCH(global_avg_pool_kernel, (unsigned)p->planes, KEEL_THREADS, stream)(p->in_h * p->in_w, x, y);
     else
-        avg_pool_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, x, y);
+        KEEL_LAUNCH(avg_pool_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, x, y);
     return keel_launch_status();
 }
 
@@ -192,6 +192,6 @@ extern "C" cudaError_t keel_k_avg_pool_bwd(cudaStream_t stream, const keel_k_poo
     int64_t total = p->planes * p->in_h * p->in_w;
     if (total <= 0)
         return cudaSuccess;
-    avg_pool_bwd_kernel<<<keel_blocks_for(total), KEEL_THREADS, 0, stream>>>(*p, dy, dx);
+    KEEL_LAUNCH(avg_pool_bwd_kernel, keel_blocks_for(total), KEEL_THREADS, stream)(*p, dy, dx);
     return keel_launch_status();
 }
