@@ -58,11 +58,17 @@ static bool same_key(const conv_key *a, const conv_key *b)
            a->strict_fp32 == b->strict_fp32 && a->deterministic == b->deterministic && a->autotune == b->autotune;
 }
 
+/* The workspace limit is not in the key: it is an eighth of the memory free
+ * when the plan was configured, so it differs from plan to plan on a shared
+ * device. A cached plan serves only while its workspace fits the current
+ * limit; otherwise a plan within the limit is built and cached beside it. */
 static const conv_entry *cache_find(const keel_device *d, const conv_key *key)
 {
     const keel_conv_cache *cache = d->conv_cache;
+    const int64_t limit = d->policy.workspace_limit;
     for (int i = 0; cache && i < cache->n; i++)
-        if (same_key(&cache->entries[i]->key, key))
+        if (same_key(&cache->entries[i]->key, key) &&
+            (limit <= 0 || cache->entries[i]->plan.workspace_bytes <= limit))
             return cache->entries[i];
     return NULL;
 }
