@@ -276,6 +276,8 @@ static void test_layer_convolutions(void **state)
     keel_conv2d_opts transpose = opts_of(4, 2, 1, 1, 1);
     keel_conv2d_opts transpose_pad = opts_of(3, 2, 1, 1, 1);
     transpose_pad.output_pad_h = transpose_pad.output_pad_w = 1;
+    /* Weight {in, out/groups, k, k}: conv2d's {K, C/groups} seen from the transpose. */
+    keel_conv2d_opts transpose_grouped = opts_of(4, 2, 1, 1, 4);
     const layer_case cases[] = {
         {"plain 3x3", false, 8, 16, 32, 32, 32, opts_of(3, 1, 1, 1, 1)},
         {"strided 3x3/2", false, 8, 16, 32, 32, 32, opts_of(3, 2, 1, 1, 1)},
@@ -289,6 +291,7 @@ static void test_layer_convolutions(void **state)
         {"asymmetric 3x5", false, 4, 8, 20, 24, 8, asymmetric},
         {"transpose 4x4/2", true, 8, 64, 8, 8, 32, transpose},
         {"transpose 3x3/2 output_pad", true, 8, 16, 7, 7, 8, transpose_pad},
+        {"transpose 4x4/2 groups 4", true, 8, 32, 8, 8, 16, transpose_grouped},
     };
     int checked = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
