@@ -62,8 +62,15 @@ typedef struct keel_backend {
     keel_status (*event_record)(keel_device *device, void *event);
     keel_status (*event_wait)(keel_device *device, void *event);
     /* Lets kernels on `device` read and write `peer`'s memory (two GPUs of
-     * one plan); nothing to do for two queues on one GPU. */
-    keel_status (*connect_peer)(keel_device *device, keel_device *peer);
+     * one plan); nothing to do for two queues on one GPU. *direct is false
+     * (and nothing fails) where there is no such path: the plan then copies
+     * tensors between the two with copy_between. NULL: devices share memory. */
+    keel_status (*connect_peer)(keel_device *device, keel_device *peer, bool *direct);
+    /* Copies bytes from `src`, memory of `src_device`, to `dst`, memory of
+     * `dst_device`, queued on `queue` (one of the two) behind its earlier
+     * work. */
+    keel_status (*copy_between)(keel_device *queue, keel_device *dst_device, void *dst, keel_device *src_device,
+                                const void *src, size_t bytes);
     /* Page-locked host memory, which the device reads without a bounce
      * buffer (CUDA pinned memory); NULL: plain host memory serves. */
     void *(*host_alloc)(keel_device *device, size_t bytes);

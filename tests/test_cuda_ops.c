@@ -172,15 +172,14 @@ static float *read_node(keel_plan *plan, keel_node *x)
 
 /* Builds, compiles for `devices`, feeds the seeded inputs, runs forward in
  * training mode and backward, and collects everything worth comparing. */
-static void run_on(build_fn build, const char *devices, bool strict, result *r)
+static void run_plan(build_fn build, const keel_plan_opts *opts, result *r)
 {
     built b = {.g = keel_graph_new()};
     assert_non_null(b.g);
     build(&b);
     ks_graph_ok(b.g);
-    keel_plan_opts opts = {.devices = devices, .seed = SEED, .strict_fp32 = strict, .poison_dead = true};
     keel_plan *plan = NULL;
-    KS_OK(keel_plan_compile(&plan, b.g, ctx, &opts));
+    KS_OK(keel_plan_compile(&plan, b.g, ctx, opts));
     for (int i = 0; i < b.n_inputs; i++) {
         int64_t n = keel_node_numel(b.inputs[i]);
         if (b.label_classes[i] > 0) {
@@ -224,6 +223,12 @@ static void run_on(build_fn build, const char *devices, bool strict, result *r)
     }
     keel_plan_destroy(plan);
     keel_graph_free(b.g);
+}
+
+static void run_on(build_fn build, const char *devices, bool strict, result *r)
+{
+    keel_plan_opts opts = {.devices = devices, .seed = SEED, .strict_fp32 = strict, .poison_dead = true};
+    run_plan(build, &opts, r);
 }
 
 static void compare(const char *label, const result *cpu, const result *gpu, double tol)
@@ -652,6 +657,16 @@ static void test_towers_on_streams_and_gpus(void **state)
     }
     if (gpus < 2)
         printf("one GPU: cuda:0,cuda:1 not run\n");
+    /* Copying what each stream reads into its own memory, as GPUs without a
+     * peer-to-peer path do, computes the same too. */
+    result one = {0}, copied = {0};
+    run_on(build_towers, "cuda:0", true, &one);
+    keel_plan_opts opts = {.devices = gpus >= 2 ? "cuda:0,cuda:1" : "cuda:0,cuda:0", .seed = SEED,
+                           .strict_fp32 = true, .poison_dead = true, .copy_between_devices = true};
+    run_plan(build_towers, &opts, &copied);
+    compare("towers copying between devices vs cuda:0:", &one, &copied, 1e-5);
+    result_free(&one);
+    result_free(&copied);
 }
 
 /* ---- inputs copied while a step runs -------------------------------------------------------------------

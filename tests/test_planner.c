@@ -264,12 +264,14 @@ static void sgd_step(keel_plan *plan, float lr)
     }
 }
 
-static void run_towers(const char *devices, bool poison, float *loss, float *grads)
+/* loss: 3 steps; grads: 108 + 432; stats: tower1's running mean and
+ * variance (4 + 4), which its device updates. */
+static void run_towers(const char *devices, bool poison, bool copy, float *loss, float *grads, float *stats)
 {
     net n = build_towers(4);
     KS_OK(keel_graph_backward(n.g, n.loss));
     keel_context *ctx = ks_context();
-    keel_plan_opts opts = {.devices = devices, .seed = 7, .poison_dead = poison};
+    keel_plan_opts opts = {.devices = devices, .seed = 7, .poison_dead = poison, .copy_between_devices = copy};
     keel_plan *plan = NULL;
     KS_OK(keel_plan_compile(&plan, n.g, ctx, &opts));
     float x[4 * 3 * 12 * 12];
@@ -285,6 +287,8 @@ static void run_towers(const char *devices, bool poison, float *loss, float *gra
     }
     KS_OK(keel_plan_grad_get(plan, "tower1.conv.weight", grads, 108));
     KS_OK(keel_plan_grad_get(plan, "across.weight", grads + 108, 6 * 8 * 9));
+    KS_OK(keel_plan_param_get(plan, "tower1.bn.running_mean", stats, 4));
+    KS_OK(keel_plan_param_get(plan, "tower1.bn.running_var", stats + 4, 4));
     /* A failing node on one device stops the other without a hang. */
     int32_t bad[4] = {3, 1, 99, 1};
     KS_OK(keel_plan_set_input(plan, n.labels, bad));
@@ -298,15 +302,62 @@ static void run_towers(const char *devices, bool poison, float *loss, float *gra
 static void test_two_cpu_devices_match_one(void **state)
 {
     (void)state;
-    float loss_one[3], loss_two[3], grads_one[108 + 432], grads_two[108 + 432];
-    run_towers("cpu", false, loss_one, grads_one);
-    run_towers("cpu:0,cpu:1", true, loss_two, grads_two);
-    double want_loss[3], want_grads[108 + 432];
+    float loss_one[3], loss_two[3], grads_one[108 + 432], grads_two[108 + 432], stats_one[8], stats_two[8];
+    run_towers("cpu", false, false, loss_one, grads_one, stats_one);
+    double want_loss[3], want_grads[108 + 432], want_stats[8];
     ks_to_double(loss_one, want_loss, 3);
     ks_to_double(grads_one, want_grads, 108 + 432);
-    ks_check("towers on cpu:0,cpu:1 vs cpu: loss", loss_two, want_loss, 3, 1e-3, 1e-6);
-    ks_check("towers on cpu:0,cpu:1 vs cpu: grads", grads_two, want_grads, 108 + 432, 1e-3, 1e-5);
+    ks_to_double(stats_one, want_stats, 8);
     assert_true(loss_one[2] < loss_one[0]);
+    /* In place, and copying what each device reads into its own arena (as
+     * GPUs without a peer-to-peer path do). */
+    for (int copy = 0; copy < 2; copy++) {
+        run_towers("cpu:0,cpu:1", true, copy, loss_two, grads_two, stats_two);
+        ks_check(copy ? "towers copying between cpu:0,cpu:1 vs cpu: loss" : "towers on cpu:0,cpu:1 vs cpu: loss",
+                 loss_two, want_loss, 3, 1e-3, 1e-6);
+        ks_check("towers on two devices vs one: grads", grads_two, want_grads, 108 + 432, 1e-3, 1e-5);
+        ks_check("towers on two devices vs one: tower1 running statistics", stats_two, want_stats, 8, 1e-6, 1e-6);
+    }
+}
+
+/* Copies between devices are real, timed, and live in the reading device's
+ * arena. */
+static void test_copies_between_devices_are_counted(void **state)
+{
+    (void)state;
+    int64_t arenas[2][2];
+    double copy_seconds[2];
+    for (int copy = 0; copy < 2; copy++) {
+        net n = build_towers(4);
+        KS_OK(keel_graph_backward(n.g, n.loss));
+        keel_context *ctx = ks_context();
+        keel_plan_opts opts = {.devices = "cpu:0,cpu:1", .seed = 7, .copy_between_devices = copy};
+        keel_plan *plan = NULL;
+        KS_OK(keel_plan_compile(&plan, n.g, ctx, &opts));
+        float x[4 * 3 * 12 * 12];
+        ks_fill_uniform(x, 4 * 3 * 12 * 12, 21, -1, 1);
+        int32_t labels[4] = {3, 1, 4, 1};
+        KS_OK(keel_plan_set_input(plan, n.x, x));
+        KS_OK(keel_plan_set_input(plan, n.labels, labels));
+        KS_OK(keel_plan_profile(plan, true));
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+        copy_seconds[copy] = 0;
+        for (int d = 0; d < 2; d++) {
+            keel_device_time t;
+            KS_OK(keel_plan_device_time(plan, d, &t));
+            arenas[copy][d] = t.arena_bytes;
+            copy_seconds[copy] += t.copy_seconds;
+        }
+        keel_plan_destroy(plan);
+        keel_context_destroy(ctx);
+        keel_graph_free(n.g);
+    }
+    assert_true(copy_seconds[0] == 0.0);
+    assert_true(copy_seconds[1] > 0.0);
+    /* cpu:1 holds copies of the input, its tower's parameters and the
+     * gradient it receives. */
+    assert_true(arenas[1][1] > arenas[0][1]);
 }
 
 static void test_device_list_errors(void **state)
@@ -328,6 +379,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_poisoned_dead_buffers_change_nothing),
+        cmocka_unit_test(test_copies_between_devices_are_counted),
         cmocka_unit_test(test_arena_is_well_below_the_sum),
         cmocka_unit_test(test_eval_forward_is_deterministic),
         cmocka_unit_test(test_device_errors),

@@ -51,6 +51,11 @@ typedef struct keel_plan_opts {
     bool autotune;         /* CUDA: time candidate algorithms once */
     bool poison_dead;      /* testing: fill every buffer with NaN once its
                               last reader has run */
+    bool copy_between_devices; /* several devices: copy what another device
+                              produced into a device's own memory before its
+                              nodes read it, instead of reading it in place.
+                              Chosen by itself for GPUs without a peer-to-peer
+                              path; on CPU devices it measures the copies. */
 } keel_plan_opts;
 
 /* Turns a built (and usually differentiated) graph into an executable plan:
@@ -126,8 +131,9 @@ int keel_plan_profile_count(const keel_plan *plan);
 keel_status keel_plan_profile_get(const keel_plan *plan, int index, keel_node_time *out);
 
 /* Per device of the plan, while profiling: time spent running its nodes
- * and time spent copying between devices (0 where devices share memory, as
- * logical CPU devices do). */
+ * and time spent copying other devices' tensors into its memory (0 where
+ * devices read each other's memory in place: logical CPU devices, and GPUs
+ * with a peer-to-peer path, unless copy_between_devices). */
 typedef struct keel_device_time {
     const char *device;    /* "cpu:1" */
     double compute_seconds;

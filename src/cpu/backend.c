@@ -96,6 +96,16 @@ static keel_status cpu_copy(keel_device *d, void *dst, const void *src, size_t b
     return KEEL_OK;
 }
 
+/* Logical CPU devices share the host's memory; a plan copies between them
+ * only when asked to (keel_plan_opts.copy_between_devices). */
+static keel_status cpu_copy_between(keel_device *queue, keel_device *dst_device, void *dst, keel_device *src_device,
+                                    const void *src, size_t bytes)
+{
+    (void)dst_device;
+    (void)src_device;
+    return cpu_copy(queue, dst, src, bytes);
+}
+
 static keel_status cpu_fill(keel_device *d, void *dst, float value, size_t count)
 {
     float *p = dst;
@@ -149,6 +159,7 @@ const keel_backend keel_cpu_backend = {
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .copy_between = cpu_copy_between,
     .fill = cpu_fill,
     .sync = cpu_sync,
     .memory_info = cpu_memory_info,

@@ -403,9 +403,11 @@ static keel_status cuda_event_wait(keel_device *d, void *event)
 
 /* Kernels on d read their inputs where the other GPU wrote them, over
  * NVLink or PCIe: no staging copies, and the planner already keeps a buffer
- * another device reads alive until the end of the step. */
-static keel_status cuda_connect_peer(keel_device *d, keel_device *peer)
+ * another device reads alive until the end of the step. Without such a
+ * path the plan copies tensors across instead (cuda_copy_between). */
+static keel_status cuda_connect_peer(keel_device *d, keel_device *peer, bool *direct)
 {
+    *direct = true;
     if (d->ordinal == peer->ordinal)
         return KEEL_OK;
     keel_status st = keel_cuda_enter(d);
@@ -413,10 +415,10 @@ static keel_status cuda_connect_peer(keel_device *d, keel_device *peer)
         return st;
     int can = 0;
     KEEL_CUDA_TRY(d->name, cudaDeviceCanAccessPeer, (&can, d->ordinal, peer->ordinal));
-    if (!can)
-        return keel_fail(KEEL_ERR_UNSUPPORTED, "%s cannot access the memory of %s directly (no peer-to-peer path "
-                         "between them); split the model over GPUs that have one (nvidia-smi topo -m shows them), "
-                         "or over two streams of one GPU (--devices %s,%s)", d->name, peer->name, d->name, d->name);
+    if (!can) {
+        *direct = false;
+        return KEEL_OK;
+    }
     cudaError_t err = cudaDeviceEnablePeerAccess(peer->ordinal, 0);
     if (err == cudaErrorPeerAccessAlreadyEnabled) {
         cudaGetLastError(); /* not an error here; clear it */
@@ -424,6 +426,23 @@ static keel_status cuda_connect_peer(keel_device *d, keel_device *peer)
     }
     if (err != cudaSuccess)
         return keel_cuda_fail(err, "cudaDeviceEnablePeerAccess", d->name);
+    return KEEL_OK;
+}
+
+/* A tensor copied between two streams or GPUs, on the queue's stream.
+ * Between GPUs without a peer-to-peer path the driver stages the copy
+ * through pinned host memory; with one, it is a direct DMA. */
+static keel_status cuda_copy_between(keel_device *queue, keel_device *dst_device, void *dst, keel_device *src_device,
+                                     const void *src, size_t bytes)
+{
+    keel_status st = keel_cuda_enter(queue);
+    if (st != KEEL_OK || bytes == 0)
+        return st;
+    if (src_device->ordinal == dst_device->ordinal)
+        KEEL_CUDA_TRY(queue->name, cudaMemcpyAsync, (dst, src, bytes, cudaMemcpyDeviceToDevice, queue->stream));
+    else
+        KEEL_CUDA_TRY(queue->name, cudaMemcpyPeerAsync,
+                      (dst, dst_device->ordinal, src, src_device->ordinal, bytes, queue->stream));
     return KEEL_OK;
 }
 
@@ -448,6 +467,7 @@ const keel_backend keel_cuda_backend = {
     .event_record = cuda_event_record,
     .event_wait = cuda_event_wait,
     .connect_peer = cuda_connect_peer,
+    .copy_between = cuda_copy_between,
     .host_alloc = cuda_host_alloc,
     .host_free = cuda_host_free,
     .copy_in = cuda_copy_in,

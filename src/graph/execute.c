@@ -18,11 +18,31 @@ static double device_clock(const keel_plan_device *dev)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Queues a list of copies on `dev` (ended by bytes == 0; NULL: none). */
+static keel_status run_copies(const keel_plan *plan, keel_plan_device *dev, const keel_plan_copy *copies)
+{
+    for (const keel_plan_copy *c = copies; c && c->bytes; c++) {
+        double started = plan->profiling ? device_clock(dev) : 0.0;
+        keel_status st = dev->backend->copy_between(dev->device, c->dst_device, c->dst, c->src_device, c->src,
+                                                    (size_t)c->bytes);
+        if (st != KEEL_OK)
+            return keel_fail_prefix(st, "copying '%s' on %s: ", c->node->name, dev->name);
+        if (plan->profiling)
+            dev->copy_seconds += device_clock(dev) - started;
+    }
+    return KEEL_OK;
+}
+
 /* Runs the node at schedule position s on its device. */
 static keel_status run_node(keel_plan *plan, int s, bool training)
 {
     keel_node *x = plan->sched[s];
     keel_plan_device *dev = &plan->devices[plan->device_of[s]];
+    if (plan->copies_before) {
+        keel_status st = run_copies(plan, dev, plan->copies_before[s]);
+        if (st != KEEL_OK)
+            return st;
+    }
     if (!keel_op_get(x->op)->view) {
         keel_launch launch = {
             .node = x,
@@ -48,6 +68,11 @@ static keel_status run_node(keel_plan *plan, int s, bool training)
             plan->node_runs[s]++;
             dev->busy_seconds += seconds;
         }
+    }
+    if (plan->copies_after) {
+        keel_status st = run_copies(plan, dev, plan->copies_after[s]);
+        if (st != KEEL_OK)
+            return st;
     }
     if (plan->node_events && plan->node_events[s]) {
         keel_status st = dev->backend->event_record(dev->device, plan->node_events[s]);
@@ -277,30 +302,11 @@ keel_status keel_plan_run_range(keel_plan *plan, int begin, int end, bool traini
 
 /* ---- forward and backward ------------------------------------------------ */
 
-/* Gradients that could not be bound to the gradient block are copied there. */
+/* Gradients that could not be bound to the gradient block are copied there,
+ * on the parameter device, which waits for every device's backward pass. */
 static keel_status copy_unbound_grads(keel_plan *plan)
 {
-    for (int k = 0; k < plan->n_params; k++) {
-        const keel_plan_param *p = &plan->params[k];
-        keel_node *grad = p->node->grad;
-        if (!p->node->trainable || !grad)
-            continue;
-        float *dst = plan->grad_block + p->offset;
-        const void *src = plan->out_ptr[grad->id];
-        if (src == dst)
-            continue;
-        if (!src)
-            return keel_fail(KEEL_ERR_STATE, "the gradient of '%s' was not computed", p->node->name);
-        /* Host staging keeps the backend contract small; this path is rare
-         * (a parameter whose gradient is another node's value). */
-        size_t bytes = (size_t)p->numel * sizeof(float);
-        keel_status st = plan->backend->download(plan->device, plan->grad_staging, src, bytes);
-        if (st == KEEL_OK)
-            st = plan->backend->upload(plan->device, dst, plan->grad_staging, bytes);
-        if (st != KEEL_OK)
-            return st;
-    }
-    return KEEL_OK;
+    return run_copies(plan, &plan->devices[0], plan->grad_copies);
 }
 
 static int64_t node_bytes(const keel_node *x)
@@ -530,7 +536,7 @@ void keel_plan_profile_reset(keel_plan *plan)
     memset(plan->node_seconds, 0, (size_t)plan->n_sched * sizeof *plan->node_seconds);
     memset(plan->node_runs, 0, (size_t)plan->n_sched * sizeof *plan->node_runs);
     for (int d = 0; d < plan->n_devices; d++)
-        plan->devices[d].busy_seconds = 0.0;
+        plan->devices[d].busy_seconds = plan->devices[d].copy_seconds = 0.0;
 }
 
 int keel_plan_profile_count(const keel_plan *plan)
@@ -564,7 +570,7 @@ keel_status keel_plan_device_time(const keel_plan *plan, int index, keel_device_
     const keel_plan_device *dev = &plan->devices[index];
     out->device = dev->name;
     out->compute_seconds = dev->busy_seconds;
-    out->copy_seconds = 0.0; /* devices of one plan share host memory: nothing is copied */
+    out->copy_seconds = dev->copy_seconds;
     out->arena_bytes = dev->arena_bytes;
     return KEEL_OK;
 }

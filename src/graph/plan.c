@@ -12,7 +12,10 @@
  * Devices. Placement group g runs on device g mod n. Devices run their
  * nodes concurrently, so a buffer another device reads is kept for the rest
  * of the step: its memory is never handed to a new tensor while a reader on
- * another device may still be behind. */
+ * another device may still be behind. Devices read each other's memory in
+ * place (CPU devices share the host; GPUs with a peer-to-peer path), or,
+ * where they cannot, each device copies what it reads into its own arena
+ * first (place_mirrors). */
 #include "graph/plan_internal.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +39,7 @@ typedef struct planner {
     int *aux_buf_of;     /* by node id: aux buffer, -1 none */
     buffer *bufs;
     int n_bufs, cap_bufs;
+    int *mirror_of;      /* by node id * n_devices + device: that device's copy, -1 none */
 } planner;
 
 static int64_t align_up(int64_t n, int64_t a)
@@ -142,14 +146,20 @@ static keel_status open_devices(keel_plan *plan, const char *spec)
     plan->device = plan->devices[0].device;
     plan->device_index = 0;
     /* Parameters and inputs live on devices[0]; every device reads the
-     * others' memory where they are different GPUs. */
+     * others' memory where they are different GPUs with a path between
+     * them, and copies what it reads where any pair has none. */
     for (int a = 0; a < n && plan->backend->connect_peer; a++)
         for (int b = 0; b < n; b++) {
+            bool direct = true;
             keel_status st = a == b ? KEEL_OK
-                                    : plan->backend->connect_peer(plan->devices[a].device, plan->devices[b].device);
+                                    : plan->backend->connect_peer(plan->devices[a].device, plan->devices[b].device,
+                                                                  &direct);
             if (st != KEEL_OK)
                 return st;
+            plan->copy_between_devices |= !direct;
         }
+    if (n == 1)
+        plan->copy_between_devices = false;
     return KEEL_OK;
 }
 
@@ -307,7 +317,11 @@ static keel_status layout_params(planner *pl)
  * after the backward pass. */
 static bool grad_is_bindable(const planner *pl, const keel_node *grad)
 {
+    const keel_plan *plan = pl->plan;
     if (!grad->is_backward || keel_op_get(grad->op)->view || grad->op == KEEL_OP_INPUT)
+        return false;
+    /* Devices that copy do not write into another device's memory. */
+    if (plan->copy_between_devices && plan->device_of[plan->pos_of[grad->id]] != 0)
         return false;
     return pl->buf_of[grad->id] != BUF_EXTERNAL;
 }
@@ -460,6 +474,50 @@ static keel_status assign_buffers(planner *pl)
     free(last_read);
     free(aux_last);
     return st;
+}
+
+/* ---- copies between devices ---------------------------------------------- */
+
+/* The device whose memory holds a node's value: its root buffer's, or the
+ * parameter device for parameters, statistics and bound gradients. */
+static int home_device(const planner *pl, const keel_node *x)
+{
+    int b = root_buffer(pl, x);
+    return b >= 0 ? pl->bufs[b].device : 0;
+}
+
+/* Devices that copy: a node reading a tensor another device holds reads this
+ * device's copy of it, one copy per tensor and device, filled just before the
+ * device's first reader and alive until its last. Only that device's queue
+ * touches it, so its lifetime is an ordinary one on that device. (Gradient
+ * nodes run where their forward ran, so a forward's aux is always local.) */
+static keel_status place_mirrors(planner *pl)
+{
+    keel_plan *plan = pl->plan;
+    if (!plan->copy_between_devices)
+        return KEEL_OK;
+    size_t slots = (size_t)pl->g->n_nodes * (size_t)plan->n_devices;
+    pl->mirror_of = malloc((slots ? slots : 1) * sizeof *pl->mirror_of);
+    if (!pl->mirror_of)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning copies between devices");
+    for (size_t i = 0; i < slots; i++)
+        pl->mirror_of[i] = -1;
+    for (int s = 0; s < plan->n_sched; s++) {
+        const keel_node *x = plan->sched[s];
+        int device = plan->device_of[s];
+        if (keel_op_get(x->op)->view)
+            continue; /* a view moves no data; its readers copy what it views */
+        for (int j = 0; j < x->n_inputs; j++) {
+            const keel_node *v = x->inputs[j];
+            if (home_device(pl, v) == device)
+                continue;
+            int *mirror = &pl->mirror_of[(size_t)v->id * (size_t)plan->n_devices + (size_t)device];
+            if (*mirror < 0 && (*mirror = new_buffer(pl, node_bytes(v), s, device)) < 0)
+                return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning copies between devices");
+            use_buffer(pl, *mirror, s);
+        }
+    }
+    return KEEL_OK;
 }
 
 static int by_size_desc(const void *a, const void *b, void *bufs_v)
@@ -750,18 +808,28 @@ static keel_status bind_pointers(planner *pl)
     for (int s = 0; s < plan->n_sched; s++) /* views, in order: a view of a view works */
         if (pl->buf_of[plan->sched[s]->id] == BUF_VIEW)
             plan->out_ptr[plan->sched[s]->id] = plan->out_ptr[plan->sched[s]->inputs[0]->id];
-    /* Gradients that cannot write into the block are copied there after each
-     * backward pass, through one host buffer allocated now, not per step. */
-    int64_t staging = 0;
+    /* Gradients that cannot write into the block are copied there on the
+     * parameter device after each backward pass. */
+    plan->grad_copies = calloc((size_t)plan->n_params + 1, sizeof *plan->grad_copies);
+    if (!plan->grad_copies)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding the plan");
+    int n_copies = 0;
     for (int k = 0; k < plan->n_params; k++) {
         const keel_plan_param *p = &plan->params[k];
         keel_node *grad = p->node->grad;
-        if (p->node->trainable && grad && plan->out_ptr[grad->id] != plan->grad_block + p->offset &&
-            p->numel > staging)
-            staging = p->numel;
+        if (!p->node->trainable || !grad || plan->out_ptr[grad->id] == plan->grad_block + p->offset)
+            continue;
+        if (!plan->out_ptr[grad->id])
+            return keel_fail(KEEL_ERR_STATE, "the gradient of '%s' is not computed by the plan", p->node->name);
+        plan->grad_copies[n_copies++] = (keel_plan_copy){
+            .node = grad,
+            .dst_device = plan->device,
+            .src_device = plan->devices[home_device(pl, grad)].device,
+            .dst = plan->grad_block + p->offset,
+            .src = plan->out_ptr[grad->id],
+            .bytes = p->numel * (int64_t)sizeof(float),
+        };
     }
-    if (staging > 0 && !(plan->grad_staging = malloc((size_t)staging * sizeof(float))))
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding the plan");
     for (int s = 0; s < plan->n_sched; s++) {
         keel_node *x = plan->sched[s];
         plan->in_ptrs[s] = calloc((size_t)(x->n_inputs ? x->n_inputs : 1), sizeof(void *));
@@ -769,6 +837,50 @@ static keel_status bind_pointers(planner *pl)
             return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding the plan");
         for (int j = 0; j < x->n_inputs; j++)
             plan->in_ptrs[s][j] = plan->out_ptr[x->inputs[j]->id];
+    }
+    return KEEL_OK;
+}
+
+/* Devices that copy: each node reads its device's copies, filled before the
+ * first reader; a running statistic a node updates in its copy goes back to
+ * the parameter device after the node. */
+static keel_status bind_copies(planner *pl)
+{
+    keel_plan *plan = pl->plan;
+    if (!plan->copy_between_devices)
+        return KEEL_OK;
+    plan->copies_before = calloc((size_t)plan->n_sched + 1, sizeof *plan->copies_before);
+    plan->copies_after = calloc((size_t)plan->n_sched + 1, sizeof *plan->copies_after);
+    if (!plan->copies_before || !plan->copies_after)
+        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding copies between devices");
+    for (int s = 0; s < plan->n_sched; s++) {
+        const keel_node *x = plan->sched[s];
+        keel_plan_device *dev = &plan->devices[plan->device_of[s]];
+        plan->copies_before[s] = calloc((size_t)x->n_inputs + 1, sizeof(keel_plan_copy));
+        plan->copies_after[s] = calloc((size_t)x->n_inputs + 1, sizeof(keel_plan_copy));
+        if (!plan->copies_before[s] || !plan->copies_after[s])
+            return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding copies between devices");
+        int n_before = 0, n_after = 0;
+        for (int j = 0; j < x->n_inputs && !keel_op_get(x->op)->view; j++) {
+            const keel_node *v = x->inputs[j];
+            int mirror = pl->mirror_of[(size_t)v->id * (size_t)plan->n_devices + (size_t)plan->device_of[s]];
+            if (mirror < 0)
+                continue;
+            void *copy = buffer_ptr(pl, mirror);
+            bool seen = false;
+            for (int i = 0; i < j; i++)
+                seen |= plan->in_ptrs[s][i] == copy;
+            plan->in_ptrs[s][j] = copy;
+            if (seen)
+                continue; /* the node reads one tensor twice */
+            keel_device *home = plan->devices[home_device(pl, v)].device;
+            keel_plan_copy in = {v, dev->device, home, copy, plan->out_ptr[v->id], node_bytes(v)};
+            if (pl->bufs[mirror].first == s)
+                plan->copies_before[s][n_before++] = in;
+            if (v->op == KEEL_OP_PARAM && !v->trainable)
+                plan->copies_after[s][n_after++] = (keel_plan_copy){v, home, dev->device, plan->out_ptr[v->id],
+                                                                    copy, node_bytes(v)};
+        }
     }
     return KEEL_OK;
 }
@@ -817,6 +929,8 @@ static keel_status compile(planner *pl, const keel_plan_opts *opts)
     if (st == KEEL_OK)
         st = assign_buffers(pl);
     if (st == KEEL_OK)
+        st = place_mirrors(pl);
+    if (st == KEEL_OK)
         st = pack_arenas(pl);
     if (st == KEEL_OK)
         st = prepare_nodes(plan, opts);
@@ -826,6 +940,8 @@ static keel_status compile(planner *pl, const keel_plan_opts *opts)
         st = init_params(plan);
     if (st == KEEL_OK)
         st = bind_pointers(pl);
+    if (st == KEEL_OK)
+        st = bind_copies(pl);
     if (st == KEEL_OK)
         st = create_staging(plan);
     if (st == KEEL_OK && plan->poison_dead)
@@ -853,6 +969,7 @@ keel_status keel_plan_compile(keel_plan **out, keel_graph *g, keel_context *ctx,
         plan->ctx = ctx;
         plan->seed = opts->seed;
         plan->poison_dead = opts->poison_dead;
+        plan->copy_between_devices = opts->copy_between_devices;
         plan->out_ptr = calloc(n, sizeof *plan->out_ptr);
         plan->aux_ptr = calloc(n, sizeof *plan->aux_ptr);
         plan->in_ptrs = calloc(n, sizeof *plan->in_ptrs);
@@ -872,6 +989,7 @@ keel_status keel_plan_compile(keel_plan **out, keel_graph *g, keel_context *ctx,
     free(pl.buf_of);
     free(pl.aux_buf_of);
     free(pl.bufs);
+    free(pl.mirror_of);
     if (st != KEEL_OK) {
         keel_plan_destroy(plan);
         return st;
@@ -918,9 +1036,15 @@ void keel_plan_destroy(keel_plan *plan)
             free(plan->dying[s]);
         if (plan->cross_deps)
             free(plan->cross_deps[s]);
+        if (plan->copies_before)
+            free(plan->copies_before[s]);
+        if (plan->copies_after)
+            free(plan->copies_after[s]);
     }
     free(plan->devices);
-    free(plan->grad_staging);
+    free(plan->copies_before);
+    free(plan->copies_after);
+    free(plan->grad_copies);
     free(plan->cross_deps);
     free(plan->dying);
     free(plan->node_seconds);

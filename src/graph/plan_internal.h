@@ -29,7 +29,20 @@ typedef struct keel_plan_device {
     int *positions;
     int n_positions;
     double busy_seconds;        /* time spent in kernels, when profiling */
+    double copy_seconds;        /* time spent copying tensors in (copy_between_devices) */
 } keel_plan_device;
+
+/* A copy a device queues next to one of its nodes, when the plan copies
+ * between devices: another device's tensor into this device's memory
+ * before the node, or a running statistic the node updated back to the
+ * parameter device after it. A list ends with bytes == 0. */
+typedef struct keel_plan_copy {
+    const keel_node *node;      /* whose value is copied, for messages */
+    keel_device *dst_device, *src_device;
+    void *dst;
+    const void *src;
+    int64_t bytes;
+} keel_plan_copy;
 
 /* A region to fill with NaN once its last reader has run (poison_dead). */
 typedef struct keel_poison {
@@ -80,6 +93,14 @@ struct keel_plan {
     void **end_events;
     void *start_event;
     keel_staged_input *staged;    /* by node id (inputs), when the backend copies in; else NULL */
+    /* Devices that do not read each other's memory in place: by position,
+     * the copies queued before and after the node (NULL when the plan does
+     * not copy between devices). */
+    bool copy_between_devices;
+    keel_plan_copy **copies_before, **copies_after;
+    /* Gradients that could not be written into the gradient block, copied
+     * there on the parameter device after each backward pass. */
+    keel_plan_copy *grad_copies;
 
     int64_t arena_bytes, tensor_bytes, workspace_bytes; /* summed over devices */
 
@@ -89,8 +110,6 @@ struct keel_plan {
     int n_params;
     float *param_block, *grad_block, *state_block;
     int64_t param_floats, state_floats;
-    float *grad_staging;          /* host buffer for gradients copied into the block after the
-                                     backward pass (see copy_unbound_grads); NULL when none are */
 
     bool profiling;
     double *node_seconds;         /* by schedule position, when profiling */
