@@ -278,6 +278,7 @@ int cli_bench(int argc, char **argv)
         {"model", CLI_STRING, &b.model, "NAME", "the network (default lenet5; `keel --help` lists them)"},
         {"batch", CLI_INT64, &b.batch, "N", "images per step (default 64)"},
         {"device", CLI_STRING, &b.device, "D", "cpu, cuda, cuda:N, or a list such as cpu:0,cpu:1 (default cpu)"},
+        {"devices", CLI_STRING, &b.device, "LIST", "the same as --device"},
         {"iters", CLI_INT, &b.iters, "K", "timed iterations; the median is reported (default 10)"},
         {"warmup", CLI_INT, &b.warmup, "N", "untimed steps first (default 2)"},
         {"input", CLI_STRING, &b.input, "CxHxW", "input size (default: the model's own)"},

@@ -270,7 +270,8 @@ int cli_eval(int argc, char **argv)
         {"batch", CLI_INT64, &a.batch, "N", "images per forward pass (default 100)"},
         {"hidden", CLI_STRING, &a.hidden, "W,W,...", "dmlp: hidden layer widths the weights were trained with"},
         {"threads", CLI_INT, &a.threads, "N", "CPU threads (default 0: every core)"},
-        {"device", CLI_STRING, &a.device, "D", "cpu (default) or cuda:N"},
+        {"device", CLI_STRING, &a.device, "D", "cpu (default), cuda:N, or a list such as cuda:0,cuda:1"},
+        {"devices", CLI_STRING, &a.device, "LIST", "the same as --device"},
         {"ten-crop", CLI_SWITCH, &a.ten_crop, NULL, "images: average the softmax over AlexNet's ten crops (needs "
                                                     "--batch >= 10)"},
         {"crop", CLI_INT, &a.crop, "N", "images: the square crop (default: the checkpoint's input size, else 224; "

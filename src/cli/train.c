@@ -358,7 +358,9 @@ int cli_train(int argc, char **argv)
         {"warmup", CLI_FLOAT, &a.warmup, "EPOCHS", "linear warm-up before the schedule (default 0)"},
         {"seed", CLI_UINT64, &a.seed, "N", "seed of initialisation, shuffling and dropout (default 1)"},
         {"threads", CLI_INT, &a.threads, "N", "CPU threads (default 0: every core)"},
-        {"device", CLI_STRING, &a.device, "D", "cpu (default) or cuda:N; see `keel devices`"},
+        {"device", CLI_STRING, &a.device, "D", "cpu (default), cuda:N, or a list such as cuda:0,cuda:1 that the "
+                                               "model's placement groups are split over; see `keel devices`"},
+        {"devices", CLI_STRING, &a.device, "LIST", "the same as --device"},
         {"data-parallel", CLI_SWITCH, &a.data_parallel, NULL, "train on every rank of an MPI job (mpirun -np N); "
                                                               "--batch is per rank"},
         {"dist-timeout", CLI_FLOAT, &a.dist_timeout, "SECONDS", "data-parallel: how long a rank waits for the "
