@@ -334,12 +334,15 @@ run() {
             grep -E '^[a-z0-9]+ b[0-9]+ ' "$LOGS/gpu-vs-pytorch.log"
         fi
 
-        note "model parallelism: AlexNet's towers on one stream and on two"
-        local split
-        for split in cuda:0 cuda:0,cuda:0; do
+        note "model parallelism: AlexNet's towers on one stream, on two, and on two that copy"
+        local split copies
+        for split in cuda:0 cuda:0,cuda:0 cuda:0,cuda:0+copies; do
             time_left 60 "alexnet towers on $split" || continue
+            # +copies: the path of GPUs without peer-to-peer, each stream copying what it reads.
+            copies=""
+            [ "${split%+copies}" != "$split" ] && copies="--device-copies"
             LD_LIBRARY_PATH="$KEEL_LIBS" timeout 120 "$BUILD/src/cli/keel" bench --model alexnet --batch 128 \
-                --device "$split" --iters 10 >"$LOGS/bench-alexnet-$split.log" 2>&1
+                --device "${split%+copies}" $copies --iters 10 >"$LOGS/bench-alexnet-$split.log" 2>&1
             record "alexnet b128 on $split" "rc=$? $(grep -E 'training step' "$LOGS/bench-alexnet-$split.log" | head -1)"
         done
 
