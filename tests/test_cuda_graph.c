@@ -6,6 +6,8 @@
  * every layer of the model zoo, and the fused conv+bias+ReLU forward) at
  * least one plan must finalize; the workspace sizes are printed ("WS ..."
  * lines in the test log) and, with KEEL_CUDNN_REPORT=path, written as CSV.
+ * Last, with the toolkit's stub standing in for a driver, a runtime-compiled
+ * engine that fails its plan build must give way to the next engine.
  *
  * The profile comes from KEEL_CUDNN_DEVICEPROP, else shared/docs/h200-deviceprop.json
  * found by walking up from this executable, the working directory or the
@@ -15,6 +17,7 @@
 #include "cuda/cuda.h"
 #include "graph/graph_internal.h"
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -404,6 +407,40 @@ static void test_save_device_profile(void **state)
     free(json);
 }
 
+/* ---- runtime-compiled engines ---------------------------------------------------------------
+ * cuDNN fetches runtime-compiled engine configs only where libcuda.so.1
+ * loads. Without a driver, the toolkit's stub stands in: the configs pass
+ * the support checks and NVRTC builds them, but the plan finalize fails
+ * (EXECUTION_FAILED_CUDA_DRIVER), as a failed build would on a GPU. That
+ * refusal must move on to the next engine, not fail the convolution. The
+ * stub stays loaded, so this test runs last. */
+static void test_runtime_compiled_refused(void **state)
+{
+    (void)state;
+    skip_without_cuda();
+    bool stub = false;
+    if (!dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL)) {
+        const char *root = getenv("CUDA_PATH");
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/lib64/stubs/libcuda.so", root && *root ? root : "/usr/local/cuda");
+        stub = dlopen(path, RTLD_NOW | RTLD_GLOBAL) != NULL;
+        if (!stub) {
+            printf("neither a driver nor the toolkit's stub libcuda (%s) loads: skipping\n", path);
+            skip();
+        }
+    }
+    keel_conv_shape s = {.pass = KEEL_CONV_FPROP, .batch = 8, .channels = 16, .height = 32, .width = 32,
+                         .filters = 32, .out_height = 32, .out_width = 32, .kernel_h = 3, .kernel_w = 3, .groups = 1,
+                         .pad_top = 1, .pad_bottom = 1, .pad_left = 1, .pad_right = 1,
+                         .stride_h = 1, .stride_w = 1, .dilation_h = 1, .dilation_w = 1};
+    keel_cudnn_report r = {0};
+    KS_OK(conv_check(&s, NULL, profile_json, 0, &r));
+    printf("%s: %d plans of %d candidates\n", stub ? "stub driver" : "driver", r.plans, r.candidates);
+    assert_true(r.plans >= 1);
+    if (stub)
+        assert_true(r.candidates > r.plans); /* the runtime-compiled one was refused */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -411,6 +448,7 @@ int main(void)
         cmocka_unit_test(test_layer_convolutions),
         cmocka_unit_test(test_model_zoo),
         cmocka_unit_test(test_impossible_shapes),
+        cmocka_unit_test(test_runtime_compiled_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

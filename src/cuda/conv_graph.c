@@ -400,7 +400,13 @@ static bool excluded(const candidate *c, const keel_conv_policy *policy)
 /* ---- plans --------------------------------------------------------------------------- */
 
 /* Finalizes one plan; KEEL_ERR_UNSUPPORTED (with cuDNN's reason) when the
- * engine turns the problem down, which is normal: the next one is tried. */
+ * engine turns the problem down, which is normal: the next one is tried.
+ * Any failure of the finalize counts as a refusal, not only NOT_SUPPORTED:
+ * a runtime-compiled engine reports a failed NVRTC build or driver load as
+ * INTERNAL_ERROR_COMPILATION_FAILED or EXECUTION_FAILED_CUDA_DRIVER, and
+ * the precompiled engines ranked after it still serve (cudnn-frontend also
+ * moves on after any failed plan build). Setting the attributes fails only
+ * through a mistake of ours, so that stays an error. */
 static keel_status make_plan(const char *where, const candidate *c, cudnnBackendDescriptor_t deviceprop,
                              int n_tensors, keel_cudnn_plan *out)
 {
@@ -416,10 +422,12 @@ static keel_status make_plan(const char *where, const candidate *c, cudnnBackend
         st = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                                       &deviceprop);
     }
+    bool refused = false;
     if (st == CUDNN_STATUS_SUCCESS) {
         call = "cudnnBackendFinalize";
         what = "execution plan";
         st = cudnnBackendFinalize(plan);
+        refused = st != CUDNN_STATUS_SUCCESS;
     }
     int64_t count = 0, workspace = 0;
     if (st == CUDNN_STATUS_SUCCESS) {
@@ -431,7 +439,7 @@ static keel_status make_plan(const char *where, const candidate *c, cudnnBackend
     if (st != CUDNN_STATUS_SUCCESS) {
         keel_status result = cudnn_error(st, call, what, where);
         cudnnBackendDestroyDescriptor(plan);
-        return CUDNN_STATUS_CATEGORY(st) == CUDNN_STATUS_NOT_SUPPORTED ? KEEL_ERR_UNSUPPORTED : result;
+        return refused || CUDNN_STATUS_CATEGORY(st) == CUDNN_STATUS_NOT_SUPPORTED ? KEEL_ERR_UNSUPPORTED : result;
     }
     *out = (keel_cudnn_plan){.plan = plan,
                              .workspace_bytes = workspace,
