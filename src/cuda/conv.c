@@ -182,15 +182,28 @@ static keel_status autotune(keel_device *d, const keel_conv_shape *s, const keel
     if (st == KEEL_OK &&
         ((err = cudaEventCreate(&start)) != cudaSuccess || (err = cudaEventCreate(&stop)) != cudaSuccess))
         st = keel_cuda_fail(err, "cudaEventCreate", where);
+    /* A plan that finalized may still fail to run (a runtime-compiled
+     * engine, say): like a refused finalize, that drops the candidate, as
+     * long as the stream is still healthy; a CUDA error that poisons the
+     * context ends the tuning. */
     float best_ms = -1.0f;
+    keel_status failure = KEEL_OK;
     for (int i = 0; i < n_plans && st == KEEL_OK; i++) {
         float ms = 0.0f;
-        st = time_plan(d, &plans[i], pointers, workspace, where, start, stop, &ms);
-        if (st == KEEL_OK && ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
+        keel_status pst = time_plan(d, &plans[i], pointers, workspace, where, start, stop, &ms);
+        if (pst != KEEL_OK) {
+            failure = pst;
+            if (cudaStreamSynchronize(d->stream) != cudaSuccess || cudaGetLastError() != cudaSuccess)
+                st = pst;
+            continue;
+        }
+        if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
             best_ms = ms;
             *best = i;
         }
     }
+    if (st == KEEL_OK && best_ms < 0.0f && failure != KEEL_OK)
+        st = failure; /* every candidate failed: keel_last_error says why the last did */
     if (start)
         cudaEventDestroy(start);
     if (stop)
