@@ -15,13 +15,19 @@
 #include "cuda/cuda_internal.h"
 #include <dlfcn.h>
 #include <nccl.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 _Static_assert(sizeof(ncclUniqueId) == KEEL_NCCL_ID_BYTES, "ncclUniqueId changed size");
 
-/* The entry points we use, resolved from libnccl.so.2. */
+/* The entry points we use, resolved from libnccl.so.2. The library is
+ * loaded once and never closed: ncclGetUniqueId starts NCCL's bootstrap
+ * root thread in this process (it serves the other ranks until the
+ * communicator is up), and unloading the library under that thread, as a
+ * dlclose right after making the id did, kills the process with SIGSEGV. */
 typedef struct nccl_api {
     void *library;
     const char *(*get_error_string)(ncclResult_t result);
@@ -48,7 +54,12 @@ struct keel_nccl {
     bool broken;               /* aborted: no further call may touch comm */
 };
 
-static keel_status load_api(nccl_api *api)
+static nccl_api loaded;
+static keel_status loaded_status;
+static char loaded_error[512];
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+
+static keel_status open_library(nccl_api *api)
 {
     memset(api, 0, sizeof *api);
     api->library = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
@@ -70,12 +81,28 @@ static keel_status load_api(nccl_api *api)
     for (size_t i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
         *symbols[i].slot = dlsym(api->library, symbols[i].name);
         if (!*symbols[i].slot) {
-            dlclose(api->library);
+            dlclose(api->library); /* nothing of it has run yet */
             api->library = NULL;
             return keel_fail(KEEL_ERR_UNSUPPORTED, "the NCCL library found has no %s (NCCL 2.14 or newer is needed)",
                              symbols[i].name);
         }
     }
+    return KEEL_OK;
+}
+
+static void open_library_once(void)
+{
+    loaded_status = open_library(&loaded);
+    if (loaded_status != KEEL_OK)
+        snprintf(loaded_error, sizeof loaded_error, "%s", keel_last_error());
+}
+
+static keel_status load_api(nccl_api *api)
+{
+    pthread_once(&load_once, open_library_once);
+    if (loaded_status != KEEL_OK)
+        return keel_fail(loaded_status, "%s", loaded_error);
+    *api = loaded;
     return KEEL_OK;
 }
 
@@ -123,16 +150,13 @@ static keel_status settle(keel_nccl *c, ncclResult_t result, double deadline, co
 
 keel_status keel_nccl_probe(void)
 {
-    nccl_api api;
-    keel_status st = load_api(&api);
-    if (st == KEEL_OK)
-        dlclose(api.library);
-    return st;
+    nccl_api api = {0};
+    return load_api(&api);
 }
 
 keel_status keel_nccl_unique_id(unsigned char id[KEEL_NCCL_ID_BYTES])
 {
-    nccl_api api;
+    nccl_api api = {0};
     keel_status st = load_api(&api);
     if (st != KEEL_OK)
         return st;
@@ -142,7 +166,6 @@ keel_status keel_nccl_unique_id(unsigned char id[KEEL_NCCL_ID_BYTES])
         st = keel_fail(KEEL_ERR_BACKEND, "ncclGetUniqueId failed: %s", api.get_error_string(result));
     else
         memcpy(id, &unique, sizeof unique);
-    dlclose(api.library);
     return st;
 }
 
@@ -200,8 +223,6 @@ void keel_nccl_close(keel_nccl *c)
         cudaEventDestroy(c->ready);
     if (c->stream)
         cudaStreamDestroy(c->stream);
-    if (c->api.library)
-        dlclose(c->api.library);
     free(c);
 }
 
