@@ -187,8 +187,18 @@ static void *cuda_alloc(keel_device *d, size_t bytes)
     return keel_cuda_pool_alloc(&d->pool, bytes);
 }
 
+/* A block may go to a new owner at once, so the streams that may still read
+ * or write it finish first: an input copy in flight on the copy stream, or
+ * the compute stream's last step. */
 static void cuda_free(keel_device *d, void *p)
 {
+    if (!p)
+        return;
+    if (keel_cuda_enter(d) == KEEL_OK) {
+        cudaStreamSynchronize(d->stream);
+        cudaStreamSynchronize(d->copy_stream);
+        cudaGetLastError(); /* a sticky error is reported by the next checked call */
+    }
     keel_cuda_pool_free(&d->pool, p);
 }
 

@@ -15,9 +15,11 @@
 
 /* ---- memory pool (pool.c) -------------------------------------------------------
  * Sizes are rounded to a size class; a freed block goes back to the cache of
- * its device and is handed out again for any request of its class. Every
- * device has one stream, so a cached block is free for reuse as soon as the
- * host frees it: later work on the stream is ordered after earlier readers. */
+ * its device and is handed out again for any request of its class. A device
+ * queues work on two streams (compute, and the input copies), so the
+ * backend's free waits for both before the block returns to the cache, as
+ * cudaFree would; frees happen when plans are compiled or destroyed, never
+ * inside a step. */
 typedef struct keel_cuda_block {
     void *ptr;
     size_t bytes;              /* the class size actually allocated */
