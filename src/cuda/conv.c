@@ -2,7 +2,10 @@
  * node (from a per-device cache keyed by the full problem and the policy),
  * run executes it. With --autotune every candidate plan is timed once with
  * CUDA events on scratch buffers and the fastest kept; otherwise the best
- * ranked plan that finalizes is used. The plan's workspace goes to the
+ * ranked plan that finalizes and runs is used: the first few are tried once
+ * in rank order, since a plan can finalize and still fail to execute (an
+ * engine compiled at run time, say), and that is better found at compile
+ * time, with another plan to fall back on, than in the middle of training. The plan's workspace goes to the
  * planner, which sizes one workspace per device to the largest. Bias adds
  * (conv2d and conv_transpose2d with a bias) are our own kernel after the
  * plan; the bias gradient is its own node. */
@@ -15,6 +18,8 @@
 
 /* Autotuning: runs timed per candidate after one warm-up run. */
 #define TUNE_RUNS 3
+/* Plans built without --autotune, in case the best ranked fails to run. */
+#define TRIAL_PLANS 4
 
 typedef struct conv_key {
     keel_conv_shape shape;
@@ -111,23 +116,25 @@ void keel_cuda_conv_cache_free(keel_device *d)
     d->conv_cache = NULL;
 }
 
-/* ---- autotuning ------------------------------------------------------------------------ */
+/* ---- trying and timing plans ----------------------------------------------------------- */
 
 static int64_t tensor_bytes(int64_t a, int64_t b, int64_t c, int64_t e)
 {
     return a * b * c * e * (int64_t)sizeof(float);
 }
 
-/* Times one plan: one warm-up run, then the fastest of TUNE_RUNS. */
+/* Runs one plan: one warm-up run, then the fastest of `timed_runs` in
+ * *best_ms (-1 when none is timed). */
 static keel_status time_plan(keel_device *d, const keel_cudnn_plan *plan, void *const pointers[KEEL_CONV_TENSORS],
-                             void *workspace, const char *where, cudaEvent_t start, cudaEvent_t stop, float *best_ms)
+                             void *workspace, const char *where, cudaEvent_t start, cudaEvent_t stop, int timed_runs,
+                             float *best_ms)
 {
     cudnnBackendDescriptor_t pack = NULL;
     keel_status st = keel_cudnn_pack_make(plan, pointers, workspace, where, &pack);
     if (st != KEEL_OK)
         return st;
     *best_ms = -1.0f;
-    for (int run = 0; st == KEEL_OK && run <= TUNE_RUNS; run++) {
+    for (int run = 0; st == KEEL_OK && run <= timed_runs; run++) {
         cudaError_t err = cudaEventRecord(start, d->stream);
         if (err == cudaSuccess)
             st = keel_cudnn_execute(d->cudnn, plan, pack, where);
@@ -139,7 +146,7 @@ static keel_status time_plan(keel_device *d, const keel_cudnn_plan *plan, void *
         if (st == KEEL_OK && err == cudaSuccess)
             err = cudaEventElapsedTime(&ms, start, stop);
         if (st == KEEL_OK && err != cudaSuccess)
-            st = keel_cuda_fail(err, "cudaEvent* (autotuning)", where);
+            st = keel_cuda_fail(err, "cudaEvent* (trying convolution plans)", where);
         if (st == KEEL_OK && run > 0 && (*best_ms < 0.0f || ms < *best_ms))
             *best_ms = ms;
     }
@@ -147,13 +154,14 @@ static keel_status time_plan(keel_device *d, const keel_cudnn_plan *plan, void *
     return st;
 }
 
-/* Picks the fastest of the plans on scratch buffers (the node's own
- * buffers do not exist yet at compile time). Returns its index. */
-static keel_status autotune(keel_device *d, const keel_conv_shape *s, const keel_cudnn_plan *plans, int n_plans,
-                            const char *where, int *best)
+/* Runs the plans on scratch buffers (the node's own buffers do not exist
+ * yet at compile time) and picks one: with `tune`, the fastest; otherwise
+ * the first that runs. Returns its index. */
+static keel_status choose_plan(keel_device *d, const keel_conv_shape *s, const keel_cudnn_plan *plans, int n_plans,
+                               bool tune, const char *where, int *best)
 {
     *best = 0;
-    if (n_plans < 2)
+    if (tune && n_plans < 2)
         return KEEL_OK;
     int64_t sizes[KEEL_CONV_TENSORS] = {
         tensor_bytes(s->batch, s->channels, s->height, s->width),
@@ -171,13 +179,16 @@ static keel_status autotune(keel_device *d, const keel_conv_shape *s, const keel
     for (int i = 0; i < KEEL_CONV_TENSORS && st == KEEL_OK; i++) {
         pointers[i] = keel_cuda_pool_alloc(&d->pool, (size_t)sizes[i]);
         if (!pointers[i])
-            st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "%s: no memory for autotuning buffers", where);
+            st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "%s: no memory for scratch buffers to try convolution plans on", where);
         else if (keel_k_fill(d->stream, pointers[i], 0.5f, sizes[i] / (int64_t)sizeof(float)) != cudaSuccess)
-            st = keel_cuda_fail(cudaGetLastError(), "keel_k_fill (autotuning)", where);
+            st = keel_cuda_fail(cudaGetLastError(), "keel_k_fill (scratch for trying plans)", where);
     }
     if (st == KEEL_OK && most_workspace > 0 && !(workspace = keel_cuda_pool_alloc(&d->pool, (size_t)most_workspace)))
-        st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "%s: no memory for a %lld-byte autotuning workspace", where,
+        st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "%s: no memory for a %lld-byte workspace to try convolution plans with", where,
                        (long long)most_workspace);
+    /* Without --autotune the trial is a precaution: a layer too big for
+     * scratch copies beside the plan keeps the best ranked plan, untried. */
+    bool skip = !tune && st == KEEL_ERR_OUT_OF_MEMORY;
     cudaError_t err = cudaSuccess;
     if (st == KEEL_OK &&
         ((err = cudaEventCreate(&start)) != cudaSuccess || (err = cudaEventCreate(&stop)) != cudaSuccess))
@@ -185,25 +196,31 @@ static keel_status autotune(keel_device *d, const keel_conv_shape *s, const keel
     /* A plan that finalized may still fail to run (a runtime-compiled
      * engine, say): like a refused finalize, that drops the candidate, as
      * long as the stream is still healthy; a CUDA error that poisons the
-     * context ends the tuning. */
+     * context ends the trial. */
     float best_ms = -1.0f;
     keel_status failure = KEEL_OK;
-    for (int i = 0; i < n_plans && st == KEEL_OK; i++) {
+    bool found = false;
+    for (int i = 0; i < n_plans && st == KEEL_OK && !(found && !tune); i++) {
         float ms = 0.0f;
-        keel_status pst = time_plan(d, &plans[i], pointers, workspace, where, start, stop, &ms);
+        keel_status pst = time_plan(d, &plans[i], pointers, workspace, where, start, stop, tune ? TUNE_RUNS : 0, &ms);
         if (pst != KEEL_OK) {
             failure = pst;
             if (cudaStreamSynchronize(d->stream) != cudaSuccess || cudaGetLastError() != cudaSuccess)
                 st = pst;
             continue;
         }
-        if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
+        if (!found || (ms >= 0.0f && ms < best_ms)) {
             best_ms = ms;
             *best = i;
         }
+        found = true;
     }
-    if (st == KEEL_OK && best_ms < 0.0f && failure != KEEL_OK)
+    if (st == KEEL_OK && !found && failure != KEEL_OK)
         st = failure; /* every candidate failed: keel_last_error says why the last did */
+    if (skip) {
+        st = KEEL_OK;
+        *best = 0;
+    }
     if (start)
         cudaEventDestroy(start);
     if (stop)
@@ -228,10 +245,10 @@ static keel_status find_plan(keel_device *d, const keel_node *node, const keel_c
                          node->name, d->name, d->deviceprop_error);
     keel_cudnn_plan *plans = NULL;
     int n_plans = 0, best = 0;
-    keel_status st = keel_cudnn_conv_plans(shape, &d->policy, d->deviceprop, d->autotune ? 0 : 1, node->name, &plans,
-                                           &n_plans, NULL);
-    if (st == KEEL_OK && d->autotune)
-        st = autotune(d, shape, plans, n_plans, node->name, &best);
+    keel_status st = keel_cudnn_conv_plans(shape, &d->policy, d->deviceprop, d->autotune ? 0 : TRIAL_PLANS,
+                                           node->name, &plans, &n_plans, NULL);
+    if (st == KEEL_OK)
+        st = choose_plan(d, shape, plans, n_plans, d->autotune, node->name, &best);
     if (st == KEEL_OK) {
         st = cache_add(d, &key, &plans[best], out);
         if (st == KEEL_OK)
