@@ -686,6 +686,56 @@ static void test_trainer_bad_opts(void **state)
     keel_context_destroy(ctx);
 }
 
+/* A progress callback may evaluate mid-epoch. When it runs, the next
+ * training batch is already fed (it goes to the device while the step
+ * runs); evaluating must not leave the test set's last batch in its place,
+ * so every step's loss equals that of a run whose callback does nothing. */
+typedef struct mid_epoch {
+    keel_trainer *t;
+    bool evaluate;
+    float losses[8];
+    int steps;
+} mid_epoch;
+
+static void on_step(const keel_progress *p, void *user)
+{
+    mid_epoch *m = user;
+    if (p->event != KEEL_PROGRESS_STEP || m->steps >= 8)
+        return;
+    m->losses[m->steps++] = p->loss;
+    keel_eval_result r;
+    if (m->evaluate && p->step % 2 == 1)
+        KS_OK(keel_trainer_evaluate(m->t, NULL, &r));
+}
+
+static void test_evaluate_inside_progress_callback(void **state)
+{
+    (void)state;
+    keel_context *ctx = ks_context();
+    keel_dataset *train = synthetic_dataset(96, 3), *test = synthetic_dataset(40, 4);
+    mid_epoch runs[2] = {{.evaluate = false}, {.evaluate = true}};
+    for (int k = 0; k < 2; k++) {
+        keel_trainer_opts o = keel_trainer_default_opts();
+        o.train = train;
+        o.test = test;
+        o.batch = 16;
+        o.epochs = 1;
+        o.seed = 5;
+        o.progress = on_step;
+        o.progress_user = &runs[k];
+        KS_OK(keel_trainer_create(&runs[k].t, ctx, &o));
+        KS_OK(keel_trainer_run(runs[k].t));
+        keel_trainer_destroy(runs[k].t);
+    }
+    assert_int_equal(runs[0].steps, 6);
+    assert_int_equal(runs[1].steps, 6);
+    for (int s = 0; s < 6; s++)
+        assert_true(runs[0].losses[s] == runs[1].losses[s]);
+    keel_dataset_free(train);
+    keel_dataset_free(test);
+    keel_context_destroy(ctx);
+}
+
 
 /* ---- image datasets ------------------------------------------------------------
  * A tree of 3 classes x 12 PNGs of 40x48 written here, each image noise with
@@ -1145,6 +1195,7 @@ int main(void)
         cmocka_unit_test(test_mismatched_checkpoint),
         cmocka_unit_test(test_weights_round_trip),
         cmocka_unit_test(test_trainer_bad_opts),
+        cmocka_unit_test(test_evaluate_inside_progress_callback),
         cmocka_unit_test(test_images_learn),
         cmocka_unit_test(test_images_packed_equals_folder),
         cmocka_unit_test(test_images_resume_bitwise),

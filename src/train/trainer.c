@@ -373,6 +373,17 @@ keel_status keel_trainer_add_history(keel_trainer *t, const keel_epoch_stats *s)
     return KEEL_OK;
 }
 
+/* The progress callback runs while the next batch is already fed; an
+ * evaluation it starts feeds test batches into the same inputs, so the
+ * staged batch goes in again (its buffer is the loader's until the next
+ * batch is asked for). */
+static keel_status restore_staged(keel_trainer *t, keel_status st)
+{
+    if (st != KEEL_OK || !t->staged || t->staged->count == 0)
+        return st;
+    return feed(t, t->staged);
+}
+
 static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
 {
     keel_progress p = {
@@ -391,6 +402,7 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
     int64_t global_batch = t->opts.batch * keel_dist_size(t->dist);
     p.event = KEEL_PROGRESS_STEP;
     keel_batch b = {0};
+    t->staged = &b;
     st = keel_batch_source_next(&t->train_source, &b);
     if (st == KEEL_OK && b.count > 0)
         st = feed(t, &b);
@@ -406,10 +418,12 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
         if (st == KEEL_OK)
             st = keel_plan_read(t->plan, t->io.loss, &p.loss);
         if (st != KEEL_OK)
-            return st;
-        if (!isfinite(p.loss))
-            return keel_fail(KEEL_ERR_STATE, "the loss became %g at epoch %d step %lld (learning rate %g); try a "
-                             "lower --lr", (double)p.loss, p.epoch, (long long)p.step + 1, (double)p.lr);
+            break;
+        if (!isfinite(p.loss)) {
+            st = keel_fail(KEEL_ERR_STATE, "the loss became %g at epoch %d step %lld (learning rate %g); try a "
+                           "lower --lr", (double)p.loss, p.epoch, (long long)p.step + 1, (double)p.lr);
+            break;
+        }
         t->global_step++;
         p.step++;
         p.global_step = t->global_step;
@@ -420,6 +434,7 @@ static keel_status train_epoch(keel_trainer *t, keel_epoch_stats *stats)
         p.eta_seconds = p.elapsed_seconds / (double)p.step * (double)(p.steps - p.step);
         report(t, &p);
     }
+    t->staged = NULL;
     if (st == KEEL_OK && t->dist) {
         /* Each rank's losses are means over its shard; the epoch's loss is
          * their mean over the ranks. */
@@ -506,7 +521,7 @@ keel_status keel_trainer_evaluate(keel_trainer *t, keel_dataset *d, keel_eval_re
     if (!d) {
         if (!t->has_test)
             return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "the trainer has no test set; pass a dataset to evaluate");
-        return keel_eval_loop(t->plan, &t->io, &t->test_source, t->logits, out);
+        return restore_staged(t, keel_eval_loop(t->plan, &t->io, &t->test_source, t->logits, out));
     }
     if (t->images)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "this trainer trains on images; evaluate another image dataset "
@@ -516,7 +531,7 @@ keel_status keel_trainer_evaluate(keel_trainer *t, keel_dataset *d, keel_eval_re
         st = keel_dataset_set_normalization(d, t->mean, t->std);
     if (st == KEEL_OK)
         st = keel_evaluate(t->plan, &t->io, d, out);
-    return st;
+    return restore_staged(t, st);
 }
 
 keel_status keel_trainer_evaluate_images(keel_trainer *t, keel_image_dataset *d, keel_eval_result *out)
@@ -526,7 +541,7 @@ keel_status keel_trainer_evaluate_images(keel_trainer *t, keel_image_dataset *d,
     if (!t->images)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "this trainer trains on an in-memory dataset; evaluate with "
                          "keel_trainer_evaluate");
-    return keel_evaluate_images(t->plan, &t->io, d, &t->test_augment, t->opts.workers, out);
+    return restore_staged(t, keel_evaluate_images(t->plan, &t->io, d, &t->test_augment, t->opts.workers, out));
 }
 
 /* ---- inspection ------------------------------------------------------------ */

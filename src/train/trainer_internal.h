@@ -69,6 +69,9 @@ struct keel_trainer {
     keel_plan *plan;
     keel_optimizer *optimizer;
     keel_batch_source train_source, test_source;
+    /* Inside an epoch: the batch fed for the next step (count 0: none). An
+     * evaluation from the progress callback feeds it again afterwards. */
+    const keel_batch *staged;
     bool has_test;
     keel_dist *dist;               /* data parallelism, or NULL */
 
