@@ -686,6 +686,30 @@ static void test_trainer_bad_opts(void **state)
     keel_context_destroy(ctx);
 }
 
+/* --device cuda with data parallelism reads the rank's index on its host
+ * from the launcher's environment, and says which variable was wrong. */
+static void test_data_parallel_local_rank(void **state)
+{
+    (void)state;
+    keel_context *ctx = ks_context();
+    keel_dataset *d = synthetic_dataset(32, 8);
+    keel_trainer_opts o = keel_trainer_default_opts();
+    o.train = d;
+    o.batch = 8;
+    o.device = "cuda";
+    o.data_parallel = true;
+    keel_trainer *t = NULL;
+    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "two", 1);
+    assert_int_equal(keel_trainer_create(&t, ctx, &o), KEEL_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(keel_last_error(), "OMPI_COMM_WORLD_LOCAL_RANK is 'two'"));
+    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "-1", 1);
+    assert_int_equal(keel_trainer_create(&t, ctx, &o), KEEL_ERR_INVALID_ARGUMENT);
+    unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    assert_null(t);
+    keel_dataset_free(d);
+    keel_context_destroy(ctx);
+}
+
 /* A progress callback may evaluate mid-epoch. When it runs, the next
  * training batch is already fed (it goes to the device while the step
  * runs); evaluating must not leave the test set's last batch in its place,
@@ -1196,6 +1220,7 @@ int main(void)
         cmocka_unit_test(test_weights_round_trip),
         cmocka_unit_test(test_trainer_bad_opts),
         cmocka_unit_test(test_evaluate_inside_progress_callback),
+        cmocka_unit_test(test_data_parallel_local_rank),
         cmocka_unit_test(test_images_learn),
         cmocka_unit_test(test_images_packed_equals_folder),
         cmocka_unit_test(test_images_resume_bitwise),

@@ -197,23 +197,65 @@ static keel_status join_ranks(keel_trainer *t)
     return st == KEEL_OK ? st : keel_fail_prefix(st, "data parallelism: ");
 }
 
+/* The variables in which launchers export a rank's index among the ranks
+ * on its host: Open MPI, MPICH and Intel MPI, MVAPICH2, Slurm's srun. */
+static const char *const local_rank_vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                              "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"};
+
+static int cuda_devices(void)
+{
+#ifdef KEEL_HAVE_CUDA
+    return keel_cuda_backend.device_count();
+#else
+    return 0;
+#endif
+}
+
+/* This rank's index on its host (0 when no launcher says). */
+static keel_status local_rank(long *local, const char **var)
+{
+    *local = 0;
+    *var = NULL;
+    for (size_t i = 0; i < sizeof local_rank_vars / sizeof *local_rank_vars && !*var; i++)
+        if (getenv(local_rank_vars[i]))
+            *var = local_rank_vars[i];
+    if (!*var)
+        return KEEL_OK;
+    const char *text = getenv(*var);
+    char *end = NULL;
+    *local = strtol(text, &end, 10);
+    if (end == text || *end || *local < 0 || *local > 1 << 20)
+        return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "data parallelism: %s is '%s', not a rank index", *var, text);
+    return KEEL_OK;
+}
+
 /* "cuda" with data parallelism: the GPU of this rank's index among the
- * ranks on its host, which the MPI launcher exports. */
-static char *rank_device(const keel_trainer_opts *o)
+ * ranks on its host. A host with fewer GPUs than ranks is refused here, in
+ * those words: the compiler would only say that cuda:3 does not exist, not
+ * why this rank asked for it. Without CUDA devices at all, the compiler's
+ * message (no driver, or a build without CUDA) is the better one. */
+static keel_status choose_device(keel_trainer *t, const keel_trainer_opts *o)
 {
     const char *device = o->device ? o->device : "cpu";
-    if (!o->data_parallel || strcmp(device, "cuda") != 0)
-        return keel_strdup(device);
-    const char *names[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
-    int local = 0;
-    for (int i = 0; i < 3; i++)
-        if (getenv(names[i])) {
-            local = atoi(getenv(names[i]));
-            break;
-        }
+    if (!o->data_parallel || strcmp(device, "cuda") != 0) {
+        t->device = keel_strdup(device);
+        return KEEL_OK;
+    }
+    long local = 0;
+    const char *var = NULL;
+    keel_status st = local_rank(&local, &var);
+    if (st != KEEL_OK)
+        return st;
+    int count = cuda_devices();
+    if (count > 0 && local >= count)
+        return keel_fail(KEEL_ERR_NOT_FOUND, "data parallelism: --device cuda takes the GPU of the rank's index on "
+                         "its host, %ld (%s), but this host has %d CUDA device%s: start at most %d rank%s per host, "
+                         "or, where the launcher gives each rank its own GPUs (CUDA_VISIBLE_DEVICES), name one with "
+                         "--device cuda:N", local, var, count, count == 1 ? "" : "s", count, count == 1 ? "" : "s");
     char buf[32];
-    snprintf(buf, sizeof buf, "cuda:%d", local);
-    return keel_strdup(buf);
+    snprintf(buf, sizeof buf, "cuda:%ld", local);
+    t->device = keel_strdup(buf);
+    return KEEL_OK;
 }
 
 /* The model's input: the training set's images, or 3 x crop x crop. */
@@ -277,9 +319,9 @@ keel_status keel_trainer_create(keel_trainer **out, keel_context *ctx, const kee
     t->opts = *opts;
     t->images = opts->train_images != NULL;
     t->model_name = keel_strdup(opts->build ? (opts->model ? opts->model : "custom") : opts->model);
-    t->device = rank_device(opts);
+    st = choose_device(t, opts);
     t->save_path = opts->save_path ? keel_strdup(opts->save_path) : NULL;
-    if (!t->model_name || !t->device || (opts->save_path && !t->save_path))
+    if (st == KEEL_OK && (!t->model_name || !t->device || (opts->save_path && !t->save_path)))
         st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory creating the trainer");
     t->opts.model = t->model_name;
     t->opts.device = t->device;
