@@ -320,12 +320,13 @@ static void test_two_cpu_devices_match_one(void **state)
     }
 }
 
-/* Copies between devices are real, timed, and live in the reading device's
- * arena. */
-static void test_copies_between_devices_are_counted(void **state)
+/* Each device keeps the parameters its nodes read first (a tower's own
+ * weights); copies between devices are real, timed, and live in the reading
+ * device's arena. */
+static void test_devices_hold_their_parameters_and_copies(void **state)
 {
     (void)state;
-    int64_t arenas[2][2];
+    int64_t arenas[2][2], params[2][2];
     double copy_seconds[2];
     for (int copy = 0; copy < 2; copy++) {
         net n = build_towers(4);
@@ -347,12 +348,20 @@ static void test_copies_between_devices_are_counted(void **state)
             keel_device_time t;
             KS_OK(keel_plan_device_time(plan, d, &t));
             arenas[copy][d] = t.arena_bytes;
+            params[copy][d] = t.param_bytes;
             copy_seconds[copy] += t.copy_seconds;
         }
         keel_plan_destroy(plan);
         keel_context_destroy(ctx);
         keel_graph_free(n.g);
     }
+    /* tower1's convolution and batch norm live on cpu:1: weight 4x3x3x3 and
+     * bias 4, gamma and beta 4 each (with gradients, 16-float aligned), and
+     * the running mean and variance (4 + 4, aligned). */
+    int64_t tower = (2 * (112 + 16 + 16 + 16) + 2 * 16) * (int64_t)sizeof(float);
+    assert_int_equal(params[0][1], tower);
+    assert_int_equal(params[1][1], tower);
+    assert_true(params[0][0] > tower);
     assert_true(copy_seconds[0] == 0.0);
     assert_true(copy_seconds[1] > 0.0);
     /* cpu:1 holds copies of the input, its tower's parameters and the
@@ -379,7 +388,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_poisoned_dead_buffers_change_nothing),
-        cmocka_unit_test(test_copies_between_devices_are_counted),
+        cmocka_unit_test(test_devices_hold_their_parameters_and_copies),
         cmocka_unit_test(test_arena_is_well_below_the_sum),
         cmocka_unit_test(test_eval_forward_is_deterministic),
         cmocka_unit_test(test_device_errors),

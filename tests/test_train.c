@@ -199,11 +199,11 @@ static void check_optimizer(const char *what, const keel_optimizer_opts *o)
     keel_optimizer *opt = NULL;
     KS_OK(keel_optimizer_create(&opt, plan, o));
     ks_fill_uniform(w, n, 11, -1.0f, 1.0f);
-    memcpy(plan->param_block, w, (size_t)n * sizeof *w);
+    memcpy(plan->param_blocks[0], w, (size_t)n * sizeof *w);
     ks_to_double(w, s.w, n);
     for (int step = 0; step < 5; step++) {
         ks_fill_uniform(g, n, 100 + (uint64_t)step, -2.0f, 2.0f);
-        memcpy(plan->grad_block, g, (size_t)n * sizeof *g);
+        memcpy(plan->grad_blocks[0], g, (size_t)n * sizeof *g);
         ks_to_double(g, gd, n);
         float lr = o->lr * (1.0f - 0.15f * (float)step);
         KS_OK(keel_optimizer_step(opt, lr));
@@ -213,7 +213,7 @@ static void check_optimizer(const char *what, const keel_optimizer_opts *o)
             ref_adam(&s, gd, n, lr, o->beta1, o->beta2, o->eps, o->weight_decay);
         char label[128];
         snprintf(label, sizeof label, "%s step %d", what, step + 1);
-        ks_check(label, plan->param_block, s.w, n, 1.0, 2e-6);
+        ks_check(label, plan->param_blocks[0], s.w, n, 1.0, 2e-6);
     }
     assert_int_equal(keel_optimizer_steps(opt), 5);
     keel_optimizer_destroy(opt);

@@ -139,6 +139,8 @@ typedef struct keel_device_time {
     double compute_seconds;
     double copy_seconds;
     int64_t arena_bytes;
+    int64_t param_bytes;   /* the parameters that live there (with their
+                              gradients) and its running statistics */
 } keel_device_time;
 
 int keel_plan_device_count(const keel_plan *plan);

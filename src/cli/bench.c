@@ -203,8 +203,10 @@ static int run_bench(const bench_setup *b, keel_model_opts *mo)
                 for (int d = 0; d < n_devices; d++) {
                     keel_device_time t;
                     keel_plan_device_time(plan, d, &t);
-                    printf("%s{\"device\": \"%s\", \"compute_seconds\": %.6f, \"copy_seconds\": %.6f}", d ? ", " : "",
-                           t.device, t.compute_seconds / b->iters, t.copy_seconds / b->iters);
+                    printf("%s{\"device\": \"%s\", \"compute_seconds\": %.6f, \"copy_seconds\": %.6f, "
+                           "\"param_bytes\": %lld, \"arena_bytes\": %lld}", d ? ", " : "", t.device,
+                           t.compute_seconds / b->iters, t.copy_seconds / b->iters, (long long)t.param_bytes,
+                           (long long)t.arena_bytes);
                 }
                 printf("], \"profiled_step_seconds\": %.6f", profiled_wall);
             }
@@ -232,13 +234,15 @@ static int run_bench(const bench_setup *b, keel_model_opts *mo)
                 printf("  %-28s %12.3f %12.3f\n", "total (profiled)", 1e3 * tf, 1e3 * tb);
             }
             if (n_devices > 1) {
-                printf("\n  %-10s %14s %14s\n", "device", "compute ms", "copy ms");
+                printf("\n  %-10s %14s %14s %14s %14s\n", "device", "compute ms", "copy ms", "parameters", "arena");
                 double busy = 0, copying = 0;
                 for (int d = 0; d < n_devices; d++) {
                     keel_device_time t;
                     keel_plan_device_time(plan, d, &t);
-                    printf("  %-10s %14.3f %14.3f\n", t.device, 1e3 * t.compute_seconds / b->iters,
-                           1e3 * t.copy_seconds / b->iters);
+                    char pb[32], ab[32];
+                    printf("  %-10s %14.3f %14.3f %14s %14s\n", t.device, 1e3 * t.compute_seconds / b->iters,
+                           1e3 * t.copy_seconds / b->iters, cli_scaled((double)t.param_bytes, true, "B", pb, sizeof pb),
+                           cli_scaled((double)t.arena_bytes, true, "B", ab, sizeof ab));
                     busy += (t.compute_seconds + t.copy_seconds) / b->iters;
                     copying += t.copy_seconds / b->iters;
                 }

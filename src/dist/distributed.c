@@ -93,7 +93,7 @@ static keel_status wait_all(keel_dist *d, int count, MPI_Request *requests, cons
 
 static float *grads_at(keel_dist *d, int64_t start)
 {
-    return (d->host_memory ? d->plan->grad_block : d->staging) + start;
+    return (d->host_memory ? d->plan->grad_blocks[0] : d->staging) + start;
 }
 
 static void start_bucket(keel_dist *d, bucket *b)
@@ -105,7 +105,7 @@ static void start_bucket(keel_dist *d, bucket *b)
 #ifdef KEEL_HAVE_NCCL
     if (d->nccl) {
         /* Queued behind the gradients on the device; NCCL averages. */
-        keel_status st = keel_nccl_all_reduce_mean(d->nccl, plan->grad_block + b->start, b->count, d->timeout);
+        keel_status st = keel_nccl_all_reduce_mean(d->nccl, plan->grad_blocks[0] + b->start, b->count, d->timeout);
         if (st != KEEL_OK)
             failed(d, st);
         return;
@@ -115,7 +115,7 @@ static void start_bucket(keel_dist *d, bucket *b)
         /* Stage through the host: the device has finished the bucket's
          * gradients once sync returns. */
         plan->backend->sync(plan->device);
-        plan->backend->download(plan->device, d->staging + b->start, plan->grad_block + b->start,
+        plan->backend->download(plan->device, d->staging + b->start, plan->grad_blocks[0] + b->start,
                                 (size_t)b->count * sizeof(float));
     }
     int rc = MPI_Iallreduce(MPI_IN_PLACE, grads_at(d, b->start), (int)b->count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
@@ -172,7 +172,7 @@ static keel_status make_buckets(keel_dist *d)
         keel_node *grad = p->node->grad;
         /* A gradient the executor copies in after the backward pass (or
          * none at all) holds its bucket until keel_dist_finish_grads. */
-        bool bound = grad && plan->out_ptr[grad->id] == plan->grad_block + p->offset;
+        bool bound = grad && plan->out_ptr[grad->id] == plan->grad_blocks[0] + p->offset;
         b->total += bound ? 1 : 2;
         if (bound)
             d->bucket_of_node[grad->id] = (int)(b - d->buckets);
@@ -213,6 +213,7 @@ static keel_status open_nccl(keel_dist *d)
 keel_status keel_dist_create(keel_dist **out, keel_plan *plan, double timeout_seconds)
 {
     *out = NULL;
+    /* One device per rank, so its blocks [0] hold every parameter. */
     if (plan->n_devices != 1)
         return keel_fail(KEEL_ERR_UNSUPPORTED, "data parallelism runs one device per rank; the plan spans %d devices",
                          plan->n_devices);
@@ -339,18 +340,18 @@ keel_status keel_dist_broadcast_params(keel_dist *d)
 {
 #ifdef KEEL_HAVE_NCCL
     if (d->nccl) {
-        keel_status st = keel_nccl_broadcast(d->nccl, d->plan->param_block, d->plan->param_floats, d->timeout);
+        keel_status st = keel_nccl_broadcast(d->nccl, d->plan->param_blocks[0], d->plan->param_floats, d->timeout);
         if (st == KEEL_OK && d->plan->state_floats)
-            st = keel_nccl_broadcast(d->nccl, d->plan->state_block, d->plan->state_floats, d->timeout);
+            st = keel_nccl_broadcast(d->nccl, d->plan->state_blocks[0], d->plan->state_floats, d->timeout);
         if (st == KEEL_OK)
             st = keel_nccl_wait(d->nccl, d->timeout);
         return st == KEEL_OK ? st : failed(d, st);
     }
 #endif
-    keel_status st = block_collective(d, d->plan->param_block, d->plan->param_floats, true, 1.0f,
+    keel_status st = block_collective(d, d->plan->param_blocks[0], d->plan->param_floats, true, 1.0f,
                                       "broadcasting the parameters");
     if (st == KEEL_OK)
-        st = block_collective(d, d->plan->state_block, d->plan->state_floats, true, 1.0f,
+        st = block_collective(d, d->plan->state_blocks[0], d->plan->state_floats, true, 1.0f,
                               "broadcasting the running statistics");
     return st;
 }
@@ -361,13 +362,13 @@ keel_status keel_dist_average_state(keel_dist *d)
     if (d->nccl) {
         if (!d->plan->state_floats)
             return KEEL_OK;
-        keel_status st = keel_nccl_all_reduce_mean(d->nccl, d->plan->state_block, d->plan->state_floats, d->timeout);
+        keel_status st = keel_nccl_all_reduce_mean(d->nccl, d->plan->state_blocks[0], d->plan->state_floats, d->timeout);
         if (st == KEEL_OK)
             st = keel_nccl_wait(d->nccl, d->timeout);
         return st == KEEL_OK ? st : failed(d, st);
     }
 #endif
-    return block_collective(d, d->plan->state_block, d->plan->state_floats, false, 1.0f / (float)d->size,
+    return block_collective(d, d->plan->state_blocks[0], d->plan->state_floats, false, 1.0f / (float)d->size,
                             "averaging the running statistics");
 }
 
@@ -400,11 +401,11 @@ keel_status keel_dist_finish_grads(keel_dist *d)
     /* The mean over ranks: each rank's loss is already a mean over its shard. */
     float scale = 1.0f / (float)d->size;
     keel_plan *plan = d->plan;
-    float *grads = d->host_memory ? plan->grad_block : d->staging;
+    float *grads = d->host_memory ? plan->grad_blocks[0] : d->staging;
     for (int64_t i = 0; i < plan->param_floats; i++)
         grads[i] *= scale;
     if (!d->host_memory)
-        st = plan->backend->upload(plan->device, plan->grad_block, d->staging,
+        st = plan->backend->upload(plan->device, plan->grad_blocks[0], d->staging,
                                    (size_t)plan->param_floats * sizeof(float));
     return st;
 }

@@ -235,11 +235,12 @@ void keel_workers_stop(keel_plan *plan)
     plan->workers = NULL;
 }
 
-/* Devices that queue their work: every device starts the range after what
- * devices[0] has queued before it (inputs, parameter updates), and
- * devices[0] continues after every device's part of it (the optimiser reads
- * their gradients), so ranges and steps stay ordered on the devices as they
- * are on the host. */
+/* Devices that queue their work: every device starts a range after what
+ * every device has queued before it (inputs, each device's parameter
+ * update, which others may read), and devices[0] continues after every
+ * device's part of it (it reads their results and copies gradients), so
+ * ranges and steps stay ordered on the devices as they are on the host.
+ * join makes devices[0] wait for all; fork makes all wait for devices[0]. */
 static keel_status fork_queues(keel_plan *plan)
 {
     const keel_backend *be = plan->backend;
@@ -265,7 +266,9 @@ static keel_status run_on_workers(keel_plan *plan, int begin, int end, bool trai
 {
     keel_workers *w = plan->workers;
     if (plan->node_events) {
-        keel_status st = fork_queues(plan);
+        keel_status st = join_queues(plan);
+        if (st == KEEL_OK)
+            st = fork_queues(plan);
         if (st != KEEL_OK)
             return st;
     }
@@ -368,6 +371,9 @@ keel_status keel_plan_backward(keel_plan *plan)
     keel_status st = keel_plan_run_range(plan, plan->n_forward, plan->n_sched, true);
     if (st == KEEL_OK)
         st = copy_unbound_grads(plan);
+    /* Each device's optimiser update reads gradients other devices wrote. */
+    if (st == KEEL_OK && plan->node_events)
+        st = fork_queues(plan);
     return st;
 }
 
@@ -382,11 +388,17 @@ static keel_status check_node(const keel_plan *plan, const keel_node *x, const c
     return KEEL_OK;
 }
 
-/* The device whose memory holds a node's value. */
+/* The device whose queue wrote a node's value: its node's, a parameter's
+ * own, and the first device's for inputs. */
 static const keel_plan_device *home_of(const keel_plan *plan, const keel_node *x)
 {
     int s = plan->pos_of[x->id];
-    return s >= 0 ? &plan->devices[plan->device_of[s]] : &plan->devices[0];
+    if (s >= 0)
+        return &plan->devices[plan->device_of[s]];
+    for (int k = 0; x->op == KEEL_OP_PARAM && k < plan->n_params; k++)
+        if (plan->params[k].node == x)
+            return &plan->devices[plan->params[k].device];
+    return &plan->devices[0];
 }
 
 keel_status keel_plan_set_input(keel_plan *plan, const keel_node *input, const void *data)
@@ -436,7 +448,15 @@ const keel_plan_param *keel_plan_find_param(const keel_plan *plan, const char *n
 
 float *keel_plan_param_ptr(const keel_plan *plan, const keel_plan_param *p)
 {
-    return (p->node->trainable ? plan->param_block : plan->state_block) + p->offset;
+    const keel_plan_device *dev = &plan->devices[p->device];
+    if (p->node->trainable)
+        return plan->param_blocks[p->device] + (p->offset - dev->param_begin);
+    return plan->state_blocks[p->device] + (p->offset - dev->state_begin);
+}
+
+float *keel_plan_grad_ptr(const keel_plan *plan, const keel_plan_param *p)
+{
+    return plan->grad_blocks[p->device] + (p->offset - plan->devices[p->device].param_begin);
 }
 
 static keel_status lookup(const keel_plan *plan, const char *name, int64_t count, const keel_plan_param **out)
@@ -459,7 +479,8 @@ keel_status keel_plan_param_get(keel_plan *plan, const char *name, float *dst, i
     keel_status st = lookup(plan, name, count, &p);
     if (st != KEEL_OK)
         return st;
-    return plan->backend->download(plan->device, dst, keel_plan_param_ptr(plan, p), (size_t)count * sizeof(float));
+    const keel_plan_device *dev = &plan->devices[p->device];
+    return dev->backend->download(dev->device, dst, keel_plan_param_ptr(plan, p), (size_t)count * sizeof(float));
 }
 
 keel_status keel_plan_param_set(keel_plan *plan, const char *name, const float *src, int64_t count)
@@ -468,7 +489,8 @@ keel_status keel_plan_param_set(keel_plan *plan, const char *name, const float *
     keel_status st = lookup(plan, name, count, &p);
     if (st != KEEL_OK)
         return st;
-    return plan->backend->upload(plan->device, keel_plan_param_ptr(plan, p), src, (size_t)count * sizeof(float));
+    const keel_plan_device *dev = &plan->devices[p->device];
+    return dev->backend->upload(dev->device, keel_plan_param_ptr(plan, p), src, (size_t)count * sizeof(float));
 }
 
 keel_status keel_plan_grad_get(keel_plan *plan, const char *name, float *dst, int64_t count)
@@ -479,7 +501,8 @@ keel_status keel_plan_grad_get(keel_plan *plan, const char *name, float *dst, in
         return st;
     if (!p->node->trainable)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "'%s' is a state buffer and has no gradient", name);
-    return plan->backend->download(plan->device, dst, plan->grad_block + p->offset, (size_t)count * sizeof(float));
+    const keel_plan_device *dev = &plan->devices[p->device];
+    return dev->backend->download(dev->device, dst, keel_plan_grad_ptr(plan, p), (size_t)count * sizeof(float));
 }
 
 int keel_plan_param_count(const keel_plan *plan)
@@ -572,5 +595,6 @@ keel_status keel_plan_device_time(const keel_plan *plan, int index, keel_device_
     out->compute_seconds = dev->busy_seconds;
     out->copy_seconds = dev->copy_seconds;
     out->arena_bytes = dev->arena_bytes;
+    out->param_bytes = (2 * dev->param_floats + dev->state_floats) * (int64_t)sizeof(float);
     return KEEL_OK;
 }

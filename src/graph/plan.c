@@ -40,6 +40,7 @@ typedef struct planner {
     buffer *bufs;
     int n_bufs, cap_bufs;
     int *mirror_of;      /* by node id * n_devices + device: that device's copy, -1 none */
+    int *ext_device;     /* by node id: the device of a BUF_EXTERNAL node's block */
 } planner;
 
 static int64_t align_up(int64_t n, int64_t a)
@@ -145,9 +146,9 @@ static keel_status open_devices(keel_plan *plan, const char *spec)
     plan->backend = plan->devices[0].backend;
     plan->device = plan->devices[0].device;
     plan->device_index = 0;
-    /* Parameters and inputs live on devices[0]; every device reads the
-     * others' memory where they are different GPUs with a path between
-     * them, and copies what it reads where any pair has none. */
+    /* Every device reads the others' memory where they are different GPUs
+     * with a path between them, and copies what it reads where any pair has
+     * none. */
     for (int a = 0; a < n && plan->backend->connect_peer; a++)
         for (int b = 0; b < n; b++) {
             bool direct = true;
@@ -288,6 +289,9 @@ static void destroy_events(keel_plan *plan)
 
 /* ---- parameters ---------------------------------------------------------- */
 
+/* A parameter lives on the device of its first reader, so a placement
+ * group's weights stay with it (AlexNet's towers each keep their own);
+ * each device's parameters are one contiguous range of the layout. */
 static keel_status layout_params(planner *pl)
 {
     keel_graph *g = pl->g;
@@ -295,6 +299,10 @@ static keel_status layout_params(planner *pl)
     plan->params = calloc((size_t)g->n_nodes + 1, sizeof *plan->params);
     if (!plan->params)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory laying out parameters");
+    for (int s = plan->n_sched - 1; s >= 0; s--) /* backwards: the first reader has the last word */
+        for (int j = 0; j < plan->sched[s]->n_inputs; j++)
+            if (plan->sched[s]->inputs[j]->op == KEEL_OP_PARAM)
+                pl->ext_device[plan->sched[s]->inputs[j]->id] = plan->device_of[s];
     for (int i = 0; i < g->n_nodes; i++) {
         keel_node *x = g->nodes[i];
         if (x->op != KEEL_OP_PARAM)
@@ -302,26 +310,40 @@ static keel_status layout_params(planner *pl)
         keel_plan_param *p = &plan->params[plan->n_params++];
         p->node = x;
         p->numel = keel_node_numel(x);
-        /* 16-float alignment keeps every tensor 64-byte aligned in its block. */
-        int64_t *cursor = x->trainable ? &plan->param_floats : &plan->state_floats;
-        p->offset = *cursor;
-        *cursor += align_up(p->numel, 16);
+        p->device = pl->ext_device[x->id];
         pl->buf_of[x->id] = BUF_EXTERNAL;
+    }
+    for (int d = 0; d < plan->n_devices; d++) {
+        keel_plan_device *dev = &plan->devices[d];
+        dev->param_begin = plan->param_floats;
+        dev->state_begin = plan->state_floats;
+        for (int k = 0; k < plan->n_params; k++) {
+            keel_plan_param *p = &plan->params[k];
+            if (p->device != d)
+                continue;
+            /* 16-float alignment keeps every tensor 64-byte aligned in its block. */
+            int64_t *cursor = p->node->trainable ? &plan->param_floats : &plan->state_floats;
+            p->offset = *cursor;
+            *cursor += align_up(p->numel, 16);
+        }
+        dev->param_floats = plan->param_floats - dev->param_begin;
+        dev->state_floats = plan->state_floats - dev->state_begin;
     }
     return KEEL_OK;
 }
 
 /* A trainable parameter's final gradient node writes straight into the
  * gradient block, unless it is something that cannot move there (another
- * parameter's gradient, a view, a leaf); then the executor copies it there
- * after the backward pass. */
-static bool grad_is_bindable(const planner *pl, const keel_node *grad)
+ * parameter's gradient, a view, a leaf, or, where devices copy, a node on
+ * another device); then the executor copies it there after the backward
+ * pass. */
+static bool grad_is_bindable(const planner *pl, const keel_plan_param *p)
 {
     const keel_plan *plan = pl->plan;
+    const keel_node *grad = p->node->grad;
     if (!grad->is_backward || keel_op_get(grad->op)->view || grad->op == KEEL_OP_INPUT)
         return false;
-    /* Devices that copy do not write into another device's memory. */
-    if (plan->copy_between_devices && plan->device_of[plan->pos_of[grad->id]] != 0)
+    if (plan->copy_between_devices && plan->device_of[plan->pos_of[grad->id]] != p->device)
         return false;
     return pl->buf_of[grad->id] != BUF_EXTERNAL;
 }
@@ -428,8 +450,10 @@ static keel_status assign_buffers(planner *pl)
     }
     for (int k = 0; k < plan->n_params; k++) {
         keel_node *p = plan->params[k].node;
-        if (p->trainable && p->grad && plan->pos_of[p->grad->id] >= 0 && grad_is_bindable(pl, p->grad))
+        if (p->trainable && p->grad && plan->pos_of[p->grad->id] >= 0 && grad_is_bindable(pl, &plan->params[k])) {
             pl->buf_of[p->grad->id] = BUF_EXTERNAL;
+            pl->ext_device[p->grad->id] = plan->params[k].device;
+        }
     }
     for (int s = 0; s < plan->n_sched && st == KEEL_OK; s++) {
         keel_node *x = plan->sched[s];
@@ -478,12 +502,14 @@ static keel_status assign_buffers(planner *pl)
 
 /* ---- copies between devices ---------------------------------------------- */
 
-/* The device whose memory holds a node's value: its root buffer's, or the
- * parameter device for parameters, statistics and bound gradients. */
+/* The device whose memory holds a node's value: its root buffer's, or its
+ * block's for parameters, statistics and bound gradients. */
 static int home_device(const planner *pl, const keel_node *x)
 {
-    int b = root_buffer(pl, x);
-    return b >= 0 ? pl->bufs[b].device : 0;
+    while (pl->buf_of[x->id] == BUF_VIEW)
+        x = x->inputs[0];
+    int b = pl->buf_of[x->id];
+    return b >= 0 ? pl->bufs[b].device : b == BUF_EXTERNAL ? pl->ext_device[x->id] : 0;
 }
 
 /* Devices that copy: a node reading a tensor another device holds reads this
@@ -683,11 +709,11 @@ static int64_t staging_bytes(const keel_plan *plan)
 
 static keel_status allocate_memory(keel_plan *plan)
 {
-    int64_t param_bytes = (int64_t)sizeof(float) * (2 * plan->param_floats + plan->state_floats + 48);
-    int64_t block_bytes = param_bytes + staging_bytes(plan);
     for (int d = 0; d < plan->n_devices; d++) {
         keel_plan_device *dev = &plan->devices[d];
-        keel_status st = check_fits(plan, dev, dev->arena_bytes + dev->workspace_bytes + (d == 0 ? block_bytes : 0));
+        int64_t blocks = (int64_t)sizeof(float) * (2 * dev->param_floats + dev->state_floats + 48);
+        keel_status st = check_fits(plan, dev, dev->arena_bytes + dev->workspace_bytes + blocks +
+                                                   (d == 0 ? staging_bytes(plan) : 0));
         if (st != KEEL_OK)
             return st;
     }
@@ -703,16 +729,14 @@ static keel_status allocate_memory(keel_plan *plan)
         if (st != KEEL_OK)
             return st;
     }
-    const keel_backend *be = plan->backend;
-    plan->param_block = be->alloc(plan->device, (size_t)(plan->param_floats + 16) * sizeof(float));
-    plan->grad_block = be->alloc(plan->device, (size_t)(plan->param_floats + 16) * sizeof(float));
-    plan->state_block = be->alloc(plan->device, (size_t)(plan->state_floats + 16) * sizeof(float));
-    if (!plan->param_block || !plan->grad_block || !plan->state_block) {
-        char a[32];
-        return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %s of parameters on %s",
-                         format_bytes(a, sizeof a, param_bytes), plan->devices[0].name);
-    }
-    return be->fill(plan->device, plan->grad_block, 0.0f, (size_t)plan->param_floats + 16);
+    keel_status st = keel_plan_blocks_alloc(plan, true, &plan->param_blocks);
+    if (st == KEEL_OK)
+        st = keel_plan_blocks_alloc(plan, true, &plan->grad_blocks);
+    if (st == KEEL_OK)
+        st = keel_plan_blocks_alloc(plan, false, &plan->state_blocks);
+    if (st == KEEL_OK)
+        st = keel_plan_blocks_fill(plan, true, plan->grad_blocks, 0.0f);
+    return st;
 }
 
 /* A staging buffer and two events per input, where the backend can copy
@@ -774,9 +798,9 @@ static keel_status init_params(keel_plan *plan)
     for (int k = 0; k < plan->n_params && st == KEEL_OK; k++) {
         const keel_plan_param *p = &plan->params[k];
         st = keel_param_init(p->node, host, plan->seed);
+        const keel_plan_device *dev = &plan->devices[p->device];
         if (st == KEEL_OK)
-            st = plan->backend->upload(plan->device, keel_plan_param_ptr(plan, p), host,
-                                       (size_t)p->numel * sizeof(float));
+            st = dev->backend->upload(dev->device, keel_plan_param_ptr(plan, p), host, (size_t)p->numel * sizeof(float));
     }
     free(host);
     return st;
@@ -797,7 +821,7 @@ static keel_status bind_pointers(planner *pl)
         const keel_plan_param *p = &plan->params[k];
         plan->out_ptr[p->node->id] = keel_plan_param_ptr(plan, p);
         if (p->node->trainable && p->node->grad && pl->buf_of[p->node->grad->id] == BUF_EXTERNAL)
-            plan->out_ptr[p->node->grad->id] = plan->grad_block + p->offset;
+            plan->out_ptr[p->node->grad->id] = keel_plan_grad_ptr(plan, p);
     }
     for (int i = 0; i < g->n_nodes; i++) {
         if (pl->buf_of[i] >= 0)
@@ -817,15 +841,15 @@ static keel_status bind_pointers(planner *pl)
     for (int k = 0; k < plan->n_params; k++) {
         const keel_plan_param *p = &plan->params[k];
         keel_node *grad = p->node->grad;
-        if (!p->node->trainable || !grad || plan->out_ptr[grad->id] == plan->grad_block + p->offset)
+        if (!p->node->trainable || !grad || plan->out_ptr[grad->id] == keel_plan_grad_ptr(plan, p))
             continue;
         if (!plan->out_ptr[grad->id])
             return keel_fail(KEEL_ERR_STATE, "the gradient of '%s' is not computed by the plan", p->node->name);
         plan->grad_copies[n_copies++] = (keel_plan_copy){
             .node = grad,
-            .dst_device = plan->device,
+            .dst_device = plan->devices[p->device].device,
             .src_device = plan->devices[home_device(pl, grad)].device,
-            .dst = plan->grad_block + p->offset,
+            .dst = keel_plan_grad_ptr(plan, p),
             .src = plan->out_ptr[grad->id],
             .bytes = p->numel * (int64_t)sizeof(float),
         };
@@ -976,10 +1000,11 @@ keel_status keel_plan_compile(keel_plan **out, keel_graph *g, keel_context *ctx,
         plan->pos_of = malloc(n * sizeof *plan->pos_of);
         pl.buf_of = malloc(n * sizeof *pl.buf_of);
         pl.aux_buf_of = malloc(n * sizeof *pl.aux_buf_of);
+        pl.ext_device = calloc(n, sizeof *pl.ext_device);
     }
     keel_status st = KEEL_OK;
     if (!plan || !plan->out_ptr || !plan->aux_ptr || !plan->in_ptrs || !plan->pos_of || !pl.buf_of ||
-        !pl.aux_buf_of) {
+        !pl.aux_buf_of || !pl.ext_device) {
         st = keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory compiling the plan");
     } else {
         for (int i = 0; i < g->n_nodes; i++)
@@ -990,6 +1015,7 @@ keel_status keel_plan_compile(keel_plan **out, keel_graph *g, keel_context *ctx,
     free(pl.aux_buf_of);
     free(pl.bufs);
     free(pl.mirror_of);
+    free(pl.ext_device);
     if (st != KEEL_OK) {
         keel_plan_destroy(plan);
         return st;
@@ -1006,6 +1032,9 @@ void keel_plan_destroy(keel_plan *plan)
     for (int d = 0; d < plan->n_devices; d++)
         if (plan->devices[d].device && plan->devices[d].backend->sync)
             plan->devices[d].backend->sync(plan->devices[d].device);
+    keel_plan_blocks_free(plan, plan->param_blocks);
+    keel_plan_blocks_free(plan, plan->grad_blocks);
+    keel_plan_blocks_free(plan, plan->state_blocks);
     destroy_events(plan);
     destroy_staging(plan);
     for (int d = 0; d < plan->n_devices; d++) {
@@ -1020,11 +1049,6 @@ void keel_plan_destroy(keel_plan *plan)
                 be->release_algo(dev->device, plan->algo[s]);
         be->free(dev->device, dev->arena);
         be->free(dev->device, dev->workspace);
-        if (d == 0) {
-            be->free(dev->device, plan->param_block);
-            be->free(dev->device, plan->grad_block);
-            be->free(dev->device, plan->state_block);
-        }
         if (dev->owned)
             be->close(dev->device);
         free(dev->positions);

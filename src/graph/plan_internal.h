@@ -7,15 +7,18 @@
 #include "backend.h"
 #include "keel/plan.h"
 
-/* One parameter or state buffer and where it lives. */
+/* One parameter or state buffer and where it lives. Offsets number one
+ * layout of all trainable parameters and one of all state buffers, in
+ * which each device's share is a contiguous range (see keel_plan_device). */
 typedef struct keel_plan_param {
     keel_node *node;
-    int64_t offset;        /* in floats, into params (trainable) or state */
+    int64_t offset;        /* in floats, into the trainable or the state layout */
     int64_t numel;
+    int device;            /* index into plan->devices: where its first reader runs */
 } keel_plan_param;
 
-/* One device a plan runs on: its own arena and workspace, and the schedule
- * positions it executes, in order. */
+/* One device a plan runs on: its own arena and workspace, its share of the
+ * parameters, and the schedule positions it executes, in order. */
 typedef struct keel_plan_device {
     const keel_backend *backend;
     keel_device *device;
@@ -26,6 +29,10 @@ typedef struct keel_plan_device {
     int64_t arena_bytes, tensor_bytes;
     void *workspace;
     int64_t workspace_bytes;
+    /* Its share of the layouts: trainable floats [param_begin, param_begin
+     * + param_floats) and state floats [state_begin, ...), held in
+     * plan->param_blocks[d], grad_blocks[d] and state_blocks[d]. */
+    int64_t param_begin, param_floats, state_begin, state_floats;
     int *positions;
     int n_positions;
     double busy_seconds;        /* time spent in kernels, when profiling */
@@ -64,8 +71,8 @@ typedef struct keel_staged_input {
 struct keel_plan {
     keel_graph *graph;
     keel_context *ctx;
-    /* The parameter device (devices[0]): parameters, gradients, running
-     * statistics and inputs live there. */
+    /* The first device (devices[0]): inputs live there, and it orders the
+     * others (execute.c). With one device, everything lives there. */
     const keel_backend *backend;
     keel_device *device;
     int device_index;
@@ -104,12 +111,15 @@ struct keel_plan {
 
     int64_t arena_bytes, tensor_bytes, workspace_bytes; /* summed over devices */
 
-    /* Parameters: trainable ones in one block (and their gradients in a
-     * mirror block), running statistics in another. */
+    /* Parameters live on the device that first reads them, as AlexNet's
+     * towers keep their own weights: per device, its trainable parameters in
+     * one block (and their gradients in a mirror block), its running
+     * statistics in another; n_devices entries each. With one device, the
+     * blocks [0] hold everything. */
     keel_plan_param *params;
     int n_params;
-    float *param_block, *grad_block, *state_block;
-    int64_t param_floats, state_floats;
+    float **param_blocks, **grad_blocks, **state_blocks;
+    int64_t param_floats, state_floats;   /* the whole layouts, all devices */
 
     bool profiling;
     double *node_seconds;         /* by schedule position, when profiling */
@@ -129,6 +139,16 @@ struct keel_plan {
 const keel_plan_param *keel_plan_find_param(const keel_plan *plan, const char *name);
 /* Device pointer of a parameter's values / gradient. */
 float *keel_plan_param_ptr(const keel_plan *plan, const keel_plan_param *p);
+float *keel_plan_grad_ptr(const keel_plan *plan, const keel_plan_param *p);
+
+/* Blocks laid out like the parameters' (trainable) or the statistics' (not):
+ * one per device, holding that device's share (optimiser state mirrors the
+ * parameter blocks this way). Host arrays hold the whole layout. */
+keel_status keel_plan_blocks_alloc(keel_plan *plan, bool trainable, float ***blocks);
+void keel_plan_blocks_free(keel_plan *plan, float **blocks);
+keel_status keel_plan_blocks_fill(keel_plan *plan, bool trainable, float *const *blocks, float value);
+keel_status keel_plan_blocks_download(keel_plan *plan, bool trainable, float *const *blocks, float *host);
+keel_status keel_plan_blocks_upload(keel_plan *plan, bool trainable, float *const *blocks, const float *host);
 
 /* The context's device for a backend and index, opened on first use. */
 keel_status keel_context_device(keel_context *ctx, const keel_backend *backend, int index, keel_device **out);

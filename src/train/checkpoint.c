@@ -27,9 +27,9 @@ keel_status keel_weights_export(keel_plan *plan, keel_st_writer *w, float **host
     if (!*host)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory saving the parameters");
     float *host_state = *host + trainable;
-    keel_status st = plan->backend->download(plan->device, *host, plan->param_block, trainable * sizeof(float));
+    keel_status st = keel_plan_blocks_download(plan, true, plan->param_blocks, *host);
     if (st == KEEL_OK && state)
-        st = plan->backend->download(plan->device, host_state, plan->state_block, state * sizeof(float));
+        st = keel_plan_blocks_download(plan, false, plan->state_blocks, host_state);
     for (int k = 0; k < plan->n_params && st == KEEL_OK; k++) {
         const keel_plan_param *p = &plan->params[k];
         const float *src = (p->node->trainable ? *host : host_state) + p->offset;
@@ -110,9 +110,9 @@ keel_status keel_weights_import(keel_plan *plan, const keel_st_file *f, bool str
     if (st == KEEL_OK && strict_extra)
         st = check_extras(plan, f);
     if (st == KEEL_OK)
-        st = plan->backend->upload(plan->device, plan->param_block, host, trainable * sizeof(float));
+        st = keel_plan_blocks_upload(plan, true, plan->param_blocks, host);
     if (st == KEEL_OK && state)
-        st = plan->backend->upload(plan->device, plan->state_block, host_state, state * sizeof(float));
+        st = keel_plan_blocks_upload(plan, false, plan->state_blocks, host_state);
     free(host);
     return st;
 }

@@ -161,6 +161,10 @@ static keel_status compile(keel_gan *gan, gan_net *net, uint64_t seed, const kee
 {
     keel_plan_opts po = {.devices = gan->device, .seed = seed, .deterministic = gan->opts.deterministic};
     keel_status st = keel_plan_compile(&net->plan, net->graph, gan->ctx, &po);
+    /* The gradient stash adds whole blocks: one device holds them all. */
+    if (st == KEEL_OK && net->plan->n_devices != 1)
+        st = keel_fail(KEEL_ERR_UNSUPPORTED, "keel gan runs on one device; '%s' names %d", gan->device,
+                       net->plan->n_devices);
     if (st == KEEL_OK)
         st = keel_optimizer_create(&net->optimizer, net->plan, opt);
     return st;
@@ -305,7 +309,7 @@ static keel_status stash_gradient(keel_gan *gan)
 {
     keel_plan *plan = gan->d.plan;
     keel_status st = plan->backend->fill(plan->device, gan->grad_stash, 0.0f, (size_t)plan->param_floats);
-    return st == KEEL_OK ? stash_add(gan, gan->grad_stash, plan->grad_block) : st;
+    return st == KEEL_OK ? stash_add(gan, gan->grad_stash, plan->grad_blocks[0]) : st;
 }
 
 /* One forward and backward pass of D on `images` against `targets`: the
@@ -361,7 +365,7 @@ static keel_status discriminator_step(keel_gan *gan, const float *real, keel_gan
     if (st == KEEL_OK)
         st = discriminate(gan, gan->fake, gan->zeros, &loss_fake, &l->d_fake);
     if (st == KEEL_OK)
-        st = stash_add(gan, gan->d.plan->grad_block, gan->grad_stash);
+        st = stash_add(gan, gan->d.plan->grad_blocks[0], gan->grad_stash);
     if (st == KEEL_OK)
         st = keel_optimizer_step(gan->d.optimizer, gan->opts.d_optimizer.lr);
     l->d_loss = loss_real + loss_fake;

@@ -1,7 +1,7 @@
 /* SGD (with momentum, Nesterov and weight decay) and Adam, with PyTorch's
  * semantics (see keel/train.h and ops/math.h for the update rules). The
- * state blocks mirror the plan's parameter block, so one step is a single
- * fused backend call over every trainable parameter. */
+ * state blocks mirror the plan's parameter blocks, so one step is a single
+ * fused backend call per device over all of its trainable parameters. */
 #include "train/train_internal.h"
 #include <math.h>
 #include <stdio.h>
@@ -75,10 +75,11 @@ static keel_status zero_param_gaps(keel_plan *plan)
         const keel_plan_param *p = &plan->params[k];
         if (!p->node->trainable)
             continue;
-        int64_t end = p->offset + p->numel;
-        int64_t gap = ((end + 15) / 16) * 16 - end;
+        int64_t gap = ((p->numel + 15) / 16) * 16 - p->numel;
+        const keel_plan_device *dev = &plan->devices[p->device];
         if (gap > 0) {
-            keel_status st = plan->backend->fill(plan->device, plan->param_block + end, 0.0f, (size_t)gap);
+            keel_status st = dev->backend->fill(dev->device, keel_plan_param_ptr(plan, p) + p->numel, 0.0f,
+                                                (size_t)gap);
             if (st != KEEL_OK)
                 return st;
         }
@@ -99,7 +100,7 @@ keel_status keel_optimizer_create(keel_optimizer **out, keel_plan *plan, const k
     if (!plan->graph->has_backward)
         return keel_fail(KEEL_ERR_STATE, "the plan has no backward pass (call keel_graph_backward before "
                                          "keel_plan_compile)");
-    const keel_backend *be = plan->backend;
+    const keel_backend *be = plan->backend; /* every device of a plan has the same */
     if ((opts->kind == KEEL_OPTIMIZER_SGD && !be->sgd_update) || (opts->kind == KEEL_OPTIMIZER_ADAM && !be->adam_update))
         return keel_fail(KEEL_ERR_UNSUPPORTED, "backend '%s' has no %s update", be->name,
                          keel_optimizer_name(opts->kind));
@@ -109,12 +110,12 @@ keel_status keel_optimizer_create(keel_optimizer **out, keel_plan *plan, const k
     opt->plan = plan;
     opt->opts = *opts;
     opt->n_state = opts->kind == KEEL_OPTIMIZER_ADAM ? 2 : 1;
-    size_t floats = (size_t)plan->param_floats + 16;
     for (int i = 0; i < opt->n_state && st == KEEL_OK; i++) {
-        opt->state[i] = be->alloc(plan->device, floats * sizeof(float));
-        st = opt->state[i] ? be->fill(plan->device, opt->state[i], 0.0f, floats)
-                           : keel_fail(KEEL_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of optimiser state on %s:%d",
-                                       floats * sizeof(float), be->name, plan->device_index);
+        st = keel_plan_blocks_alloc(plan, true, &opt->state[i]);
+        if (st == KEEL_OK)
+            st = keel_plan_blocks_fill(plan, true, opt->state[i], 0.0f);
+        else
+            keel_fail_prefix(st, "optimiser state: ");
     }
     if (st == KEEL_OK)
         st = zero_param_gaps(plan);
@@ -131,8 +132,7 @@ void keel_optimizer_destroy(keel_optimizer *opt)
     if (!opt)
         return;
     for (int i = 0; i < opt->n_state; i++)
-        if (opt->state[i])
-            opt->plan->backend->free(opt->plan->device, opt->state[i]);
+        keel_plan_blocks_free(opt->plan, opt->state[i]);
     free(opt);
 }
 
@@ -144,19 +144,23 @@ keel_status keel_optimizer_step(keel_optimizer *opt, float lr)
         return keel_fail(KEEL_ERR_INVALID_ARGUMENT, "learning rate %g is not a number >= 0", (double)lr);
     keel_plan *plan = opt->plan;
     const keel_optimizer_opts *o = &opt->opts;
-    keel_status st;
-    if (o->kind == KEEL_OPTIMIZER_SGD) {
-        st = plan->backend->sgd_update(plan->device, plan->param_block, opt->state[0], plan->grad_block,
-                                       plan->param_floats, lr, o->momentum, o->weight_decay, o->nesterov);
-    } else {
-        /* Bias corrections in double: beta2^t is 1 - 1e-3*t for small t, and
-         * float would round its complement badly. */
-        double t = (double)(opt->steps + 1);
-        float c1 = (float)(1.0 - pow(o->beta1, t));
-        float c2 = (float)(1.0 - pow(o->beta2, t));
-        st = plan->backend->adam_update(plan->device, plan->param_block, opt->state[0], opt->state[1],
-                                        plan->grad_block, plan->param_floats, lr, o->beta1, o->beta2, o->eps,
-                                        o->weight_decay, c1, c2);
+    /* Bias corrections in double: beta2^t is 1 - 1e-3*t for small t, and
+     * float would round its complement badly. */
+    double t = (double)(opt->steps + 1);
+    float c1 = (float)(1.0 - pow(o->beta1, t));
+    float c2 = (float)(1.0 - pow(o->beta2, t));
+    keel_status st = KEEL_OK;
+    for (int d = 0; d < plan->n_devices && st == KEEL_OK; d++) {
+        const keel_plan_device *dev = &plan->devices[d];
+        if (dev->param_floats == 0)
+            continue;
+        if (o->kind == KEEL_OPTIMIZER_SGD)
+            st = dev->backend->sgd_update(dev->device, plan->param_blocks[d], opt->state[0][d], plan->grad_blocks[d],
+                                          dev->param_floats, lr, o->momentum, o->weight_decay, o->nesterov);
+        else
+            st = dev->backend->adam_update(dev->device, plan->param_blocks[d], opt->state[0][d], opt->state[1][d],
+                                           plan->grad_blocks[d], dev->param_floats, lr, o->beta1, o->beta2, o->eps,
+                                           o->weight_decay, c1, c2);
     }
     if (st != KEEL_OK)
         return keel_fail_prefix(st, "%s step: ", keel_optimizer_name(o->kind));
@@ -192,7 +196,7 @@ keel_status keel_optimizer_export(const keel_optimizer *opt, keel_st_writer *w, 
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory saving the optimiser state");
     keel_status st = KEEL_OK;
     for (int i = 0; i < opt->n_state && st == KEEL_OK; i++)
-        st = plan->backend->download(plan->device, *host + i * floats, opt->state[i], floats * sizeof(float));
+        st = keel_plan_blocks_download(plan, true, opt->state[i], *host + i * floats);
     for (int k = 0; k < plan->n_params && st == KEEL_OK; k++) {
         const keel_plan_param *p = &plan->params[k];
         if (!p->node->trainable)
@@ -260,7 +264,7 @@ keel_status keel_optimizer_import(keel_optimizer *opt, const keel_st_file *f)
         }
     }
     for (int i = 0; i < opt->n_state && st == KEEL_OK; i++)
-        st = plan->backend->upload(plan->device, opt->state[i], host + i * floats, floats * sizeof(float));
+        st = keel_plan_blocks_upload(plan, true, opt->state[i], host + i * floats);
     free(host);
     if (st == KEEL_OK)
         opt->steps = steps;

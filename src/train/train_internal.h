@@ -6,14 +6,15 @@
 #include "core/safetensors.h"
 #include "keel/train.h"
 
-/* State blocks mirror the plan's parameter block float for float, so the
- * state of a parameter sits at the same offset as the parameter itself. */
+/* State blocks mirror the plan's parameter blocks float for float (one per
+ * device, keel_plan_blocks_alloc), so the state of a parameter sits at the
+ * same place as the parameter itself. */
 struct keel_optimizer {
     keel_plan *plan;
     keel_optimizer_opts opts;
     int64_t steps;
     int n_state;            /* SGD: 1 (momentum), Adam: 2 (m, v) */
-    float *state[2];        /* device blocks of plan->param_floats (+ padding) */
+    float **state[2];       /* per device, like plan->param_blocks */
 };
 
 /* The torch names of an optimiser's state tensors ("momentum_buffer";
