@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct net {
     keel_graph *g;
@@ -369,6 +370,71 @@ static void test_devices_hold_their_parameters_and_copies(void **state)
     assert_true(arenas[1][1] > arenas[0][1]);
 }
 
+/* Every parameter of a plan, in plan order, into one array. */
+static float *all_params(keel_plan *plan, int64_t *count)
+{
+    float *values = NULL;
+    *count = 0;
+    for (int k = 0; k < keel_plan_param_count(plan); k++) {
+        keel_param_info info;
+        KS_OK(keel_plan_param_info(plan, k, &info));
+        int64_t n = 1;
+        for (int d = 0; d < info.ndim; d++)
+            n *= info.shape[d];
+        values = realloc(values, (size_t)(*count + n) * sizeof *values);
+        assert_non_null(values);
+        KS_OK(keel_plan_param_get(plan, info.name, values + *count, n));
+        *count += n;
+    }
+    return values;
+}
+
+/* A weights file is the same whichever devices hold the parameters: saved
+ * from towers split over two devices it loads into one, and back. */
+static void test_weights_move_between_device_layouts(void **state)
+{
+    (void)state;
+    net n = build_towers(4);
+    KS_OK(keel_graph_backward(n.g, n.loss));
+    keel_context *ctx = ks_context();
+    keel_plan *split = NULL, *one = NULL;
+    keel_plan_opts split_opts = {.devices = "cpu:0,cpu:1", .seed = 7};
+    keel_plan_opts one_opts = {.devices = "cpu", .seed = 99};
+    KS_OK(keel_plan_compile(&split, n.g, ctx, &split_opts));
+    KS_OK(keel_plan_compile(&one, n.g, ctx, &one_opts));
+    char path[] = "/tmp/keel_planner_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    keel_plan *order[2][2] = {{split, one}, {one, split}};
+    for (int way = 0; way < 2; way++) {
+        keel_plan *from = order[way][0], *to = order[way][1];
+        if (way == 1) { /* new values on the one device first */
+            float x[4 * 3 * 12 * 12];
+            ks_fill_uniform(x, 4 * 3 * 12 * 12, 5, -1, 1);
+            int32_t labels[4] = {0, 1, 2, 3};
+            KS_OK(keel_plan_set_input(from, n.x, x));
+            KS_OK(keel_plan_set_input(from, n.labels, labels));
+            KS_OK(keel_plan_forward(from, true));
+            KS_OK(keel_plan_backward(from));
+            sgd_step(from, 0.5f);
+        }
+        KS_OK(keel_weights_save(from, path, NULL));
+        KS_OK(keel_weights_load(to, path));
+        int64_t count_from, count_to;
+        float *want = all_params(from, &count_from), *got = all_params(to, &count_to);
+        assert_int_equal(count_from, count_to);
+        assert_memory_equal(want, got, (size_t)count_from * sizeof *want);
+        free(want);
+        free(got);
+    }
+    unlink(path);
+    keel_plan_destroy(split);
+    keel_plan_destroy(one);
+    keel_context_destroy(ctx);
+    keel_graph_free(n.g);
+}
+
 static void test_device_list_errors(void **state)
 {
     (void)state;
@@ -389,6 +455,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_poisoned_dead_buffers_change_nothing),
         cmocka_unit_test(test_devices_hold_their_parameters_and_copies),
+        cmocka_unit_test(test_weights_move_between_device_layouts),
         cmocka_unit_test(test_arena_is_well_below_the_sum),
         cmocka_unit_test(test_eval_forward_is_deterministic),
         cmocka_unit_test(test_device_errors),
