@@ -315,7 +315,9 @@ keel_status keel_image_loader_start_epoch(keel_image_loader *l, int64_t epoch);
  * sample i at rows i * views .. i * views + views - 1, and `labels` {batch};
  * valid until the next call. *count is the number of real samples (fewer
  * only in a final partial batch, whose tail is zero with label 0); 0 at the
- * end of the epoch. */
+ * end of the epoch. start_epoch hands every buffer back to the workers; a
+ * page-locked batch given to keel_plan_set_input stays in use until the next
+ * forward pass, which the next call here follows in a training loop. */
 keel_status keel_image_loader_next(keel_image_loader *l, const float **images, const int32_t **labels,
                                    int64_t *count);
 int64_t keel_image_loader_batches(const keel_image_loader *l);

@@ -329,10 +329,14 @@ static void *cuda_host_alloc(keel_device *d, size_t bytes)
     return p;
 }
 
+/* An input copy may still read the buffer (a run that stopped with the
+ * next batch staged): it finishes first. */
 static void cuda_host_free(keel_device *d, void *p)
 {
-    if (p && keel_cuda_enter(d) == KEEL_OK)
+    if (p && keel_cuda_enter(d) == KEEL_OK) {
+        cudaStreamSynchronize(d->copy_stream);
         cudaFreeHost(p);
+    }
 }
 
 static bool page_locked(const void *p)

@@ -247,6 +247,13 @@ static keel_status choose_device(keel_trainer *t, const keel_trainer_opts *o)
     if (st != KEEL_OK)
         return st;
     int count = cuda_devices();
+    /* Several ranks on one host would then share a GPU (and NCCL refuses
+     * two ranks on one device), so say so rather than guess. */
+    if (!var && count > 1)
+        keel_context_log(t->ctx, KEEL_LOG_WARN, "data parallelism: no launcher variable (%s, %s, %s or %s) gives "
+                         "this rank's index on its host, so it takes cuda:0; start it with mpirun, srun or mpiexec, "
+                         "or name the GPU with --device cuda:N", local_rank_vars[0], local_rank_vars[1],
+                         local_rank_vars[2], local_rank_vars[3]);
     if (count > 0 && local >= count)
         return keel_fail(KEEL_ERR_NOT_FOUND, "data parallelism: --device cuda takes the GPU of the rank's index on "
                          "its host, %ld (%s), but this host has %d CUDA device%s: start at most %d rank%s per host, "
