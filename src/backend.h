@@ -46,6 +46,9 @@ typedef struct keel_backend {
     keel_status (*download)(keel_device *device, void *dst, const void *src, size_t bytes);
     keel_status (*fill)(keel_device *device, void *dst, float value, size_t count);
     keel_status (*sync)(keel_device *device);
+    /* Adds the device's caching allocator statistics to the pool_ fields
+     * of a memory report. NULL: no caching allocator (CPU). */
+    void (*pool_report)(keel_device *device, keel_memory_report *report);
     /* Free and total memory of the device in bytes. */
     keel_status (*memory_info)(keel_device *device, int64_t *free_bytes, int64_t *total_bytes);
     /* The plan's choices that shape algorithm selection (deterministic,

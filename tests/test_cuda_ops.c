@@ -567,6 +567,57 @@ static void train_on(const char *devices, keel_dataset *d, float *losses)
     keel_graph_free(g);
 }
 
+/* Nothing allocates inside a training step: after a warm-up step, further
+ * steps (inputs, forward, backward, update, loss read) neither reach the
+ * driver nor take a block from the device pool's cache. */
+static void test_steps_allocate_nothing(void **state)
+{
+    (void)state;
+    need_gpu();
+    keel_graph *g = keel_graph_new();
+    keel_model_opts mopts = {.batch = TRAIN_BATCH};
+    keel_model_io io;
+    KS_OK(keel_model_build(g, "lenet5", &mopts, &io));
+    keel_graph_keep(g, io.loss);
+    KS_OK(keel_graph_backward(g, io.loss));
+    keel_plan_opts popts = {.devices = "cuda:0", .seed = SEED};
+    keel_plan *plan = NULL;
+    KS_OK(keel_plan_compile(&plan, g, ctx, &popts));
+    keel_optimizer_opts oopts = keel_optimizer_defaults(KEEL_OPTIMIZER_SGD);
+    keel_optimizer *opt = NULL;
+    KS_OK(keel_optimizer_create(&opt, plan, &oopts));
+    float *images = malloc((size_t)TRAIN_BATCH * 28 * 28 * sizeof *images);
+    int32_t *labels = malloc((size_t)TRAIN_BATCH * sizeof *labels);
+    assert_true(images && labels);
+    keel_memory_report before = {0}, after = {0};
+    for (int step = 0; step < 4; step++) {
+        if (step == 1)
+            KS_OK(keel_plan_memory(plan, &before));
+        training_batch(NULL, step, images, labels);
+        KS_OK(keel_plan_set_input(plan, io.images, images));
+        KS_OK(keel_plan_set_input(plan, io.labels, labels));
+        KS_OK(keel_plan_forward(plan, true));
+        KS_OK(keel_plan_backward(plan));
+        KS_OK(keel_optimizer_step(opt, oopts.lr));
+        float loss;
+        KS_OK(keel_plan_read(plan, io.loss, &loss));
+        assert_true(isfinite(loss));
+    }
+    KS_OK(keel_plan_memory(plan, &after));
+    printf("device pool: reserved %lld, peak %lld bytes; %lld driver allocations, %lld reuses\n",
+           (long long)after.pool_reserved_bytes, (long long)after.pool_peak_bytes,
+           (long long)after.pool_driver_allocs, (long long)after.pool_reuses);
+    assert_true(before.pool_reserved_bytes > 0);
+    assert_int_equal(after.pool_driver_allocs, before.pool_driver_allocs);
+    assert_int_equal(after.pool_reuses, before.pool_reuses);
+    assert_int_equal(after.pool_in_use_bytes, before.pool_in_use_bytes);
+    free(images);
+    free(labels);
+    keel_optimizer_destroy(opt);
+    keel_plan_destroy(plan);
+    keel_graph_free(g);
+}
+
 static double mean(const float *v, int from, int to)
 {
     double sum = 0.0;
@@ -795,6 +846,7 @@ int main(void)
         cmocka_unit_test(test_losses),
         cmocka_unit_test(test_bad_label),
         cmocka_unit_test(test_lenet5_learns),
+        cmocka_unit_test(test_steps_allocate_nothing),
         cmocka_unit_test(test_towers_on_streams_and_gpus),
         cmocka_unit_test(test_inputs_copied_during_step),
     };

@@ -106,6 +106,13 @@ typedef struct keel_memory_report {
     int64_t param_bytes;      /* parameters + state buffers */
     int64_t grad_bytes;
     int64_t workspace_bytes;
+    /* The caching allocators of the plan's devices (CUDA; zero on the CPU),
+     * shared by every plan on a device: bytes held from the driver (in use
+     * or cached for reuse), in use now, the most in use at once, and how many
+     * allocations reached the driver or came from the cache. A training
+     * step adds to neither count. */
+    int64_t pool_reserved_bytes, pool_in_use_bytes, pool_peak_bytes;
+    int64_t pool_driver_allocs, pool_reuses;
 } keel_memory_report;
 
 keel_status keel_plan_memory(const keel_plan *plan, keel_memory_report *report);

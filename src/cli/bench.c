@@ -191,6 +191,9 @@ static int run_bench(const bench_setup *b, keel_model_opts *mo)
                    b->model, b->device, (long long)b->batch, b->iters, fwd_s, (double)b->batch / fwd_s, step_s,
                    (double)b->batch / step_s, (long long)plan_bytes, (long long)mem.arena_bytes,
                    (long long)peak_rss_bytes(), (double)loss);
+            printf(", \"pool_reserved_bytes\": %lld, \"pool_peak_bytes\": %lld, \"pool_driver_allocs\": %lld",
+                   (long long)mem.pool_reserved_bytes, (long long)mem.pool_peak_bytes,
+                   (long long)mem.pool_driver_allocs);
             if (n_rows) {
                 printf(", \"layers\": [");
                 for (int r = 0; r < n_rows; r++)
@@ -222,6 +225,14 @@ static int run_bench(const bench_setup *b, keel_model_opts *mo)
                    cli_scaled((double)plan_bytes, true, "B", a, sizeof a),
                    cli_scaled((double)mem.arena_bytes, true, "B", c, sizeof c),
                    cli_scaled((double)peak_rss_bytes(), true, "B", rss, sizeof rss));
+            if (mem.pool_reserved_bytes > 0) {
+                char r[32], u[32], p[32];
+                printf("  device pool     reserved %s, in use %s, peak %s; %lld driver allocations, %lld from "
+                       "the cache\n", cli_scaled((double)mem.pool_reserved_bytes, true, "B", r, sizeof r),
+                       cli_scaled((double)mem.pool_in_use_bytes, true, "B", u, sizeof u),
+                       cli_scaled((double)mem.pool_peak_bytes, true, "B", p, sizeof p),
+                       (long long)mem.pool_driver_allocs, (long long)mem.pool_reuses);
+            }
             if (n_rows) {
                 printf("\n  %-28s %12s %12s\n", "layer", "forward ms", "backward ms");
                 double tf = 0, tb = 0;

@@ -261,6 +261,17 @@ static keel_status cuda_memory_info(keel_device *d, int64_t *free_bytes, int64_t
     return KEEL_OK;
 }
 
+static void cuda_pool_report(keel_device *d, keel_memory_report *report)
+{
+    keel_cuda_pool_stats stats;
+    keel_cuda_pool_stats_get(d, &stats);
+    report->pool_reserved_bytes += stats.reserved_bytes;
+    report->pool_in_use_bytes += stats.in_use_bytes;
+    report->pool_peak_bytes += stats.peak_in_use_bytes;
+    report->pool_driver_allocs += stats.device_mallocs;
+    report->pool_reuses += stats.reuses;
+}
+
 /* ---- optimisers: one launch over the whole block ------------------------------------------ */
 
 static keel_status cuda_sgd_update(keel_device *d, float *w, float *v, const float *g, int64_t n, float lr,
@@ -475,6 +486,7 @@ const keel_backend keel_cuda_backend = {
     .fill = cuda_fill,
     .sync = cuda_sync,
     .memory_info = cuda_memory_info,
+    .pool_report = cuda_pool_report,
     .configure = keel_cuda_configure,
     .event_create = cuda_event_create,
     .event_destroy = cuda_event_destroy,

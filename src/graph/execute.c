@@ -532,6 +532,11 @@ keel_status keel_plan_memory(const keel_plan *plan, keel_memory_report *report)
     report->param_bytes = (plan->param_floats + plan->state_floats) * (int64_t)sizeof(float);
     report->grad_bytes = plan->param_floats * (int64_t)sizeof(float);
     report->workspace_bytes = plan->workspace_bytes;
+    report->pool_reserved_bytes = report->pool_in_use_bytes = report->pool_peak_bytes = 0;
+    report->pool_driver_allocs = report->pool_reuses = 0;
+    for (int d = 0; d < plan->n_devices; d++)
+        if (plan->devices[d].backend->pool_report)
+            plan->devices[d].backend->pool_report(plan->devices[d].device, report);
     return KEEL_OK;
 }
 
