@@ -534,37 +534,63 @@ static void training_batch(keel_dataset *d, int64_t step, float *images, int32_t
     }
 }
 
+/* lenet5 with SGD on a device, fed training_batch's batches. */
+typedef struct lenet_run {
+    keel_graph *g;
+    keel_model_io io;
+    keel_plan *plan;
+    keel_optimizer *opt;
+    keel_optimizer_opts oopts;
+    float *images;
+    int32_t *labels;
+} lenet_run;
+
+static void lenet_start(lenet_run *r, const char *devices, bool strict)
+{
+    r->g = keel_graph_new();
+    keel_model_opts mopts = {.batch = TRAIN_BATCH};
+    KS_OK(keel_model_build(r->g, "lenet5", &mopts, &r->io));
+    keel_graph_keep(r->g, r->io.loss);
+    KS_OK(keel_graph_backward(r->g, r->io.loss));
+    keel_plan_opts popts = {.devices = devices, .seed = SEED, .strict_fp32 = strict};
+    KS_OK(keel_plan_compile(&r->plan, r->g, ctx, &popts));
+    r->oopts = keel_optimizer_defaults(KEEL_OPTIMIZER_SGD);
+    KS_OK(keel_optimizer_create(&r->opt, r->plan, &r->oopts));
+    r->images = malloc((size_t)TRAIN_BATCH * 28 * 28 * sizeof *r->images);
+    r->labels = malloc((size_t)TRAIN_BATCH * sizeof *r->labels);
+    assert_true(r->images && r->labels);
+}
+
+/* One training step; its loss. */
+static float lenet_step(lenet_run *r, keel_dataset *d, int step)
+{
+    training_batch(d, step, r->images, r->labels);
+    KS_OK(keel_plan_set_input(r->plan, r->io.images, r->images));
+    KS_OK(keel_plan_set_input(r->plan, r->io.labels, r->labels));
+    KS_OK(keel_plan_forward(r->plan, true));
+    KS_OK(keel_plan_backward(r->plan));
+    KS_OK(keel_optimizer_step(r->opt, r->oopts.lr));
+    float loss;
+    KS_OK(keel_plan_read(r->plan, r->io.loss, &loss));
+    return loss;
+}
+
+static void lenet_stop(lenet_run *r)
+{
+    free(r->images);
+    free(r->labels);
+    keel_optimizer_destroy(r->opt);
+    keel_plan_destroy(r->plan);
+    keel_graph_free(r->g);
+}
+
 static void train_on(const char *devices, keel_dataset *d, float *losses)
 {
-    keel_graph *g = keel_graph_new();
-    keel_model_opts mopts = {.batch = TRAIN_BATCH};
-    keel_model_io io;
-    KS_OK(keel_model_build(g, "lenet5", &mopts, &io));
-    keel_graph_keep(g, io.loss);
-    KS_OK(keel_graph_backward(g, io.loss));
-    keel_plan_opts popts = {.devices = devices, .seed = SEED, .strict_fp32 = true};
-    keel_plan *plan = NULL;
-    KS_OK(keel_plan_compile(&plan, g, ctx, &popts));
-    keel_optimizer_opts oopts = keel_optimizer_defaults(KEEL_OPTIMIZER_SGD);
-    keel_optimizer *opt = NULL;
-    KS_OK(keel_optimizer_create(&opt, plan, &oopts));
-    float *images = malloc((size_t)TRAIN_BATCH * 28 * 28 * sizeof *images);
-    int32_t *labels = malloc((size_t)TRAIN_BATCH * sizeof *labels);
-    assert_true(images && labels);
-    for (int step = 0; step < TRAIN_STEPS; step++) {
-        training_batch(d, step, images, labels);
-        KS_OK(keel_plan_set_input(plan, io.images, images));
-        KS_OK(keel_plan_set_input(plan, io.labels, labels));
-        KS_OK(keel_plan_forward(plan, true));
-        KS_OK(keel_plan_backward(plan));
-        KS_OK(keel_optimizer_step(opt, oopts.lr));
-        KS_OK(keel_plan_read(plan, io.loss, &losses[step]));
-    }
-    free(images);
-    free(labels);
-    keel_optimizer_destroy(opt);
-    keel_plan_destroy(plan);
-    keel_graph_free(g);
+    lenet_run r;
+    lenet_start(&r, devices, true);
+    for (int step = 0; step < TRAIN_STEPS; step++)
+        losses[step] = lenet_step(&r, d, step);
+    lenet_stop(&r);
 }
 
 /* Nothing allocates inside a training step: after a warm-up step, further
@@ -574,36 +600,14 @@ static void test_steps_allocate_nothing(void **state)
 {
     (void)state;
     need_gpu();
-    keel_graph *g = keel_graph_new();
-    keel_model_opts mopts = {.batch = TRAIN_BATCH};
-    keel_model_io io;
-    KS_OK(keel_model_build(g, "lenet5", &mopts, &io));
-    keel_graph_keep(g, io.loss);
-    KS_OK(keel_graph_backward(g, io.loss));
-    keel_plan_opts popts = {.devices = "cuda:0", .seed = SEED};
-    keel_plan *plan = NULL;
-    KS_OK(keel_plan_compile(&plan, g, ctx, &popts));
-    keel_optimizer_opts oopts = keel_optimizer_defaults(KEEL_OPTIMIZER_SGD);
-    keel_optimizer *opt = NULL;
-    KS_OK(keel_optimizer_create(&opt, plan, &oopts));
-    float *images = malloc((size_t)TRAIN_BATCH * 28 * 28 * sizeof *images);
-    int32_t *labels = malloc((size_t)TRAIN_BATCH * sizeof *labels);
-    assert_true(images && labels);
+    lenet_run r;
+    lenet_start(&r, "cuda:0", false);
     keel_memory_report before = {0}, after = {0};
-    for (int step = 0; step < 4; step++) {
-        if (step == 1)
-            KS_OK(keel_plan_memory(plan, &before));
-        training_batch(NULL, step, images, labels);
-        KS_OK(keel_plan_set_input(plan, io.images, images));
-        KS_OK(keel_plan_set_input(plan, io.labels, labels));
-        KS_OK(keel_plan_forward(plan, true));
-        KS_OK(keel_plan_backward(plan));
-        KS_OK(keel_optimizer_step(opt, oopts.lr));
-        float loss;
-        KS_OK(keel_plan_read(plan, io.loss, &loss));
-        assert_true(isfinite(loss));
-    }
-    KS_OK(keel_plan_memory(plan, &after));
+    assert_true(isfinite(lenet_step(&r, NULL, 0)));
+    KS_OK(keel_plan_memory(r.plan, &before));
+    for (int step = 1; step < 4; step++)
+        assert_true(isfinite(lenet_step(&r, NULL, step)));
+    KS_OK(keel_plan_memory(r.plan, &after));
     printf("device pool: reserved %lld, peak %lld bytes; %lld driver allocations, %lld reuses\n",
            (long long)after.pool_reserved_bytes, (long long)after.pool_peak_bytes,
            (long long)after.pool_driver_allocs, (long long)after.pool_reuses);
@@ -611,11 +615,7 @@ static void test_steps_allocate_nothing(void **state)
     assert_int_equal(after.pool_driver_allocs, before.pool_driver_allocs);
     assert_int_equal(after.pool_reuses, before.pool_reuses);
     assert_int_equal(after.pool_in_use_bytes, before.pool_in_use_bytes);
-    free(images);
-    free(labels);
-    keel_optimizer_destroy(opt);
-    keel_plan_destroy(plan);
-    keel_graph_free(g);
+    lenet_stop(&r);
 }
 
 static double mean(const float *v, int from, int to)

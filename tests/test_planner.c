@@ -265,21 +265,29 @@ static void sgd_step(keel_plan *plan, float lr)
     }
 }
 
+/* The towers of batch 4, differentiated, compiled and fed one batch. */
+static keel_plan *towers_plan(net *n, keel_context *ctx, const keel_plan_opts *opts)
+{
+    *n = build_towers(4);
+    KS_OK(keel_graph_backward(n->g, n->loss));
+    keel_plan *plan = NULL;
+    KS_OK(keel_plan_compile(&plan, n->g, ctx, opts));
+    float x[4 * 3 * 12 * 12];
+    ks_fill_uniform(x, 4 * 3 * 12 * 12, 21, -1, 1);
+    int32_t labels[4] = {3, 1, 4, 1};
+    KS_OK(keel_plan_set_input(plan, n->x, x));
+    KS_OK(keel_plan_set_input(plan, n->labels, labels));
+    return plan;
+}
+
 /* loss: 3 steps; grads: 108 + 432; stats: tower1's running mean and
  * variance (4 + 4), which its device updates. */
 static void run_towers(const char *devices, bool poison, bool copy, float *loss, float *grads, float *stats)
 {
-    net n = build_towers(4);
-    KS_OK(keel_graph_backward(n.g, n.loss));
+    net n;
     keel_context *ctx = ks_context();
     keel_plan_opts opts = {.devices = devices, .seed = 7, .poison_dead = poison, .copy_between_devices = copy};
-    keel_plan *plan = NULL;
-    KS_OK(keel_plan_compile(&plan, n.g, ctx, &opts));
-    float x[4 * 3 * 12 * 12];
-    ks_fill_uniform(x, 4 * 3 * 12 * 12, 21, -1, 1);
-    int32_t labels[4] = {3, 1, 4, 1};
-    KS_OK(keel_plan_set_input(plan, n.x, x));
-    KS_OK(keel_plan_set_input(plan, n.labels, labels));
+    keel_plan *plan = towers_plan(&n, ctx, &opts);
     for (int step = 0; step < 3; step++) {
         KS_OK(keel_plan_forward(plan, true));
         KS_OK(keel_plan_backward(plan));
@@ -330,17 +338,10 @@ static void test_devices_hold_their_parameters_and_copies(void **state)
     int64_t arenas[2][2], params[2][2];
     double copy_seconds[2];
     for (int copy = 0; copy < 2; copy++) {
-        net n = build_towers(4);
-        KS_OK(keel_graph_backward(n.g, n.loss));
+        net n;
         keel_context *ctx = ks_context();
         keel_plan_opts opts = {.devices = "cpu:0,cpu:1", .seed = 7, .copy_between_devices = copy};
-        keel_plan *plan = NULL;
-        KS_OK(keel_plan_compile(&plan, n.g, ctx, &opts));
-        float x[4 * 3 * 12 * 12];
-        ks_fill_uniform(x, 4 * 3 * 12 * 12, 21, -1, 1);
-        int32_t labels[4] = {3, 1, 4, 1};
-        KS_OK(keel_plan_set_input(plan, n.x, x));
-        KS_OK(keel_plan_set_input(plan, n.labels, labels));
+        keel_plan *plan = towers_plan(&n, ctx, &opts);
         KS_OK(keel_plan_profile(plan, true));
         KS_OK(keel_plan_forward(plan, true));
         KS_OK(keel_plan_backward(plan));
