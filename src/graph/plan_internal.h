@@ -156,6 +156,14 @@ keel_status keel_context_device(keel_context *ctx, const keel_backend *backend, 
 /* Fills a host buffer with a parameter's initial values (init.c). */
 keel_status keel_param_init(const keel_node *p, float *dst, uint64_t seed);
 
+/* plan_devices.c: parses and opens opts->devices (connecting peers, or
+ * choosing to copy between them); lists each position's dependencies on
+ * other devices; creates and destroys the events that order the queues. */
+keel_status keel_plan_open_devices(keel_plan *plan, const char *spec);
+keel_status keel_plan_list_cross_deps(keel_plan *plan);
+keel_status keel_plan_create_events(keel_plan *plan);
+void keel_plan_destroy_events(keel_plan *plan);
+
 /* execute.c: runs schedule positions [begin, end), on one thread per device
  * when there are several. */
 keel_status keel_plan_run_range(keel_plan *plan, int begin, int end, bool training);
