@@ -305,8 +305,10 @@ keel_status keel_plan_run_range(keel_plan *plan, int begin, int end, bool traini
 
 /* ---- forward and backward ------------------------------------------------ */
 
-/* Gradients that could not be bound to the gradient block are copied there,
- * on the parameter device, which waits for every device's backward pass. */
+/* Gradients that could not be bound to their parameter's gradient block
+ * are copied there, queued on the first device, which has waited for every
+ * device's backward pass; keel_plan_backward then makes every device wait
+ * for it before its own update. */
 static keel_status copy_unbound_grads(keel_plan *plan)
 {
     return run_copies(plan, &plan->devices[0], plan->grad_copies);
