@@ -270,6 +270,8 @@ typedef struct keel_trainer_opts {
 
     const char *device;           /* keel_plan_opts.devices; NULL: "cpu" */
     bool deterministic;
+    bool strict_fp32;             /* CUDA: IEEE fp32 only; by default TF32 tensor cores are allowed */
+    bool autotune;                /* CUDA: time candidate convolution plans once */
 
     const char *save_path;        /* a checkpoint after every epoch, or NULL */
 

@@ -218,6 +218,9 @@ static int run_bench(const bench_setup *b, keel_model_opts *mo)
             char a[32], c[32], rss[32];
             printf("%s on %s, batch %lld, %d iterations after %d warm-up (medians)\n", b->model, b->device,
                    (long long)b->batch, b->iters, b->warmup);
+            if (strncmp(b->device, "cuda", 4) == 0)
+                printf("  precision       %s\n", b->strict_fp32 ? "IEEE fp32 (--strict-fp32)"
+                                                             : "TF32 tensor cores allowed (--strict-fp32: IEEE fp32)");
             printf("  forward only    %9.2f ms   %10.1f images/s\n", 1e3 * fwd_s, (double)b->batch / fwd_s);
             printf("  training step   %9.2f ms   %10.1f images/s   (forward + backward + SGD update)\n",
                    1e3 * step_s, (double)b->batch / step_s);

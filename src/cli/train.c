@@ -22,7 +22,7 @@ typedef struct train_args {
     int64_t batch, subset, test_subset;
     float lr, momentum, weight_decay, warmup, dropout, lighting;
     uint64_t seed;
-    bool nesterov, deterministic, no_normalize, no_test, data_parallel, mean_image, ten_crop;
+    bool nesterov, deterministic, strict_fp32, autotune, no_normalize, no_test, data_parallel, mean_image, ten_crop;
     bool images;            /* resolved: an image dataset */
     bool short_side_given;
 } train_args;
@@ -366,6 +366,9 @@ int cli_train(int argc, char **argv)
         {"dist-timeout", CLI_FLOAT, &a.dist_timeout, "SECONDS", "data-parallel: how long a rank waits for the "
                                                                  "others before failing (default 300)"},
         {"deterministic", CLI_SWITCH, &a.deterministic, NULL, "deterministic GPU algorithms (the CPU always is)"},
+        {"strict-fp32", CLI_SWITCH, &a.strict_fp32, NULL, "CUDA: IEEE fp32 only (default: TF32 tensor cores allowed "
+                                                        "in convolutions and matrix products)"},
+        {"autotune", CLI_SWITCH, &a.autotune, NULL, "CUDA: time candidate convolution algorithms once"},
         {"subset", CLI_INT64, &a.subset, "N", "train on the first N training images only (default: all)"},
         {"test-subset", CLI_INT64, &a.test_subset, "N", "evaluate on the first N test images only (default: all)"},
         {"no-test", CLI_SWITCH, &a.no_test, NULL, "skip the evaluation after each epoch"},
@@ -426,6 +429,8 @@ int cli_train(int argc, char **argv)
     opts.seed = a.seed;
     opts.device = a.device;
     opts.deterministic = a.deterministic;
+    opts.strict_fp32 = a.strict_fp32;
+    opts.autotune = a.autotune;
     opts.data_parallel = a.data_parallel;
     opts.dist_timeout = a.dist_timeout;
     opts.no_normalize = a.no_normalize;

@@ -291,7 +291,8 @@ static keel_status create(keel_trainer *t)
     if (st == KEEL_OK)
         st = build_model(t);
     if (st == KEEL_OK) {
-        keel_plan_opts po = {.devices = t->device, .seed = t->opts.seed, .deterministic = t->opts.deterministic};
+        keel_plan_opts po = {.devices = t->device, .seed = t->opts.seed, .deterministic = t->opts.deterministic,
+                             .strict_fp32 = t->opts.strict_fp32, .autotune = t->opts.autotune};
         st = keel_plan_compile(&t->plan, t->graph, t->ctx, &po);
     }
     if (st == KEEL_OK)
@@ -722,5 +723,12 @@ const char *keel_trainer_describe(const keel_trainer *t, char *buf, size_t size)
     used = append(buf, size, used, "device     %s, %d thread%s, seed %llu, %.1f MiB activations + %.1f MiB parameters",
                   t->device, keel_context_threads(t->ctx), keel_context_threads(t->ctx) == 1 ? "" : "s", (unsigned long long)o->seed,
                   (double)mem.arena_bytes / 1048576.0, (double)(mem.param_bytes + mem.grad_bytes) / 1048576.0);
+    /* TF32 rounds convolution and GEMM inputs to 10 mantissa bits: a user
+     * comparing with another framework's fp32 must know. */
+    if (strncmp(t->device, "cuda", 4) == 0)
+        used = append(buf, size, used, "\nprecision  %s",
+                      o->strict_fp32 ? "IEEE fp32 (--strict-fp32)"
+                                     : "fp32 with TF32 tensor cores allowed in convolutions and matrix products "
+                                       "(--strict-fp32: IEEE fp32 only)");
     return buf;
 }
