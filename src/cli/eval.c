@@ -23,7 +23,7 @@ typedef struct eval_args {
     const char *model, *weights, *dataset, *data, *split, *device, *hidden;
     int64_t batch, subset;
     int threads, workers, crop, short_side;
-    bool ten_crop, images, short_side_given;
+    bool ten_crop, images, short_side_given, strict_fp32;
 } eval_args;
 
 static double now_seconds(void)
@@ -77,7 +77,7 @@ static keel_status load_model(const eval_args *a, keel_model_opts *mo, int chann
     keel_status st = keel_model_build(m->graph, a->model, mo, &m->io);
     if (st == KEEL_OK) {
         keel_graph_keep(m->graph, m->io.logits);
-        keel_plan_opts po = {.devices = a->device};
+        keel_plan_opts po = {.devices = a->device, .strict_fp32 = a->strict_fp32};
         st = keel_plan_compile(&m->plan, m->graph, ctx, &po);
     }
     if (st == KEEL_OK)
@@ -272,6 +272,7 @@ int cli_eval(int argc, char **argv)
         {"threads", CLI_INT, &a.threads, "N", "CPU threads (default 0: every core)"},
         {"device", CLI_STRING, &a.device, "D", "cpu (default), cuda:N, or a list such as cuda:0,cuda:1"},
         {"devices", CLI_STRING, &a.device, "LIST", "the same as --device"},
+        {"strict-fp32", CLI_SWITCH, &a.strict_fp32, NULL, "CUDA: IEEE fp32 only (default: TF32 tensor cores allowed)"},
         {"ten-crop", CLI_SWITCH, &a.ten_crop, NULL, "images: average the softmax over AlexNet's ten crops (needs "
                                                     "--batch >= 10)"},
         {"crop", CLI_INT, &a.crop, "N", "images: the square crop (default: the checkpoint's input size, else 224; "
