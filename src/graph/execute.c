@@ -69,11 +69,6 @@ static keel_status run_node(keel_plan *plan, int s, bool training)
             dev->busy_seconds += seconds;
         }
     }
-    if (plan->copies_after) {
-        keel_status st = run_copies(plan, dev, plan->copies_after[s]);
-        if (st != KEEL_OK)
-            return st;
-    }
     if (plan->node_events && plan->node_events[s]) {
         keel_status st = dev->backend->event_record(dev->device, plan->node_events[s]);
         if (st != KEEL_OK)

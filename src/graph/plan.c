@@ -366,6 +366,11 @@ static keel_status place_mirrors(planner *pl)
             const keel_node *v = x->inputs[j];
             if (home_device(pl, v) == device)
                 continue;
+            /* Running statistics live with their one reader, the node that
+             * updates them; a copy of them could not take the update. */
+            if (v->op == KEEL_OP_PARAM && !v->trainable)
+                return keel_fail(KEEL_ERR_UNSUPPORTED, "'%s' (running statistics) is read on two devices that "
+                                 "cannot share memory; keep its readers in one placement group", v->name);
             int *mirror = &pl->mirror_of[(size_t)v->id * (size_t)plan->n_devices + (size_t)device];
             if (*mirror < 0 && (*mirror = new_buffer(pl, node_bytes(v), s, device)) < 0)
                 return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory planning copies between devices");
@@ -695,25 +700,22 @@ static keel_status bind_pointers(planner *pl)
 }
 
 /* Devices that copy: each node reads its device's copies, filled before the
- * first reader; a running statistic a node updates in its copy goes back to
- * the parameter device after the node. */
+ * first reader. */
 static keel_status bind_copies(planner *pl)
 {
     keel_plan *plan = pl->plan;
     if (!plan->copy_between_devices)
         return KEEL_OK;
     plan->copies_before = calloc((size_t)plan->n_sched + 1, sizeof *plan->copies_before);
-    plan->copies_after = calloc((size_t)plan->n_sched + 1, sizeof *plan->copies_after);
-    if (!plan->copies_before || !plan->copies_after)
+    if (!plan->copies_before)
         return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding copies between devices");
     for (int s = 0; s < plan->n_sched; s++) {
         const keel_node *x = plan->sched[s];
         keel_plan_device *dev = &plan->devices[plan->device_of[s]];
         plan->copies_before[s] = calloc((size_t)x->n_inputs + 1, sizeof(keel_plan_copy));
-        plan->copies_after[s] = calloc((size_t)x->n_inputs + 1, sizeof(keel_plan_copy));
-        if (!plan->copies_before[s] || !plan->copies_after[s])
+        if (!plan->copies_before[s])
             return keel_fail(KEEL_ERR_OUT_OF_MEMORY, "out of memory binding copies between devices");
-        int n_before = 0, n_after = 0;
+        int n_before = 0;
         for (int j = 0; j < x->n_inputs && !keel_op_get(x->op)->view; j++) {
             const keel_node *v = x->inputs[j];
             int mirror = pl->mirror_of[(size_t)v->id * (size_t)plan->n_devices + (size_t)plan->device_of[s]];
@@ -730,9 +732,6 @@ static keel_status bind_copies(planner *pl)
             keel_plan_copy in = {v, dev->device, home, copy, plan->out_ptr[v->id], node_bytes(v)};
             if (pl->bufs[mirror].first == s)
                 plan->copies_before[s][n_before++] = in;
-            if (v->op == KEEL_OP_PARAM && !v->trainable)
-                plan->copies_after[s][n_after++] = (keel_plan_copy){v, home, dev->device, plan->out_ptr[v->id],
-                                                                    copy, node_bytes(v)};
         }
     }
     return KEEL_OK;
@@ -891,12 +890,9 @@ void keel_plan_destroy(keel_plan *plan)
             free(plan->cross_deps[s]);
         if (plan->copies_before)
             free(plan->copies_before[s]);
-        if (plan->copies_after)
-            free(plan->copies_after[s]);
     }
     free(plan->devices);
     free(plan->copies_before);
-    free(plan->copies_after);
     free(plan->grad_copies);
     free(plan->cross_deps);
     free(plan->dying);

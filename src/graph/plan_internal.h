@@ -39,10 +39,10 @@ typedef struct keel_plan_device {
     double copy_seconds;        /* time spent copying tensors in (copy_between_devices) */
 } keel_plan_device;
 
-/* A copy a device queues next to one of its nodes, when the plan copies
- * between devices: another device's tensor into this device's memory
- * before the node, or a running statistic the node updated back to the
- * parameter device after it. A list ends with bytes == 0. */
+/* A copy a device queues, when the plan copies between devices: another
+ * device's tensor into this device's memory before a node reads it, or a
+ * gradient into its parameter's block after the backward pass. A list ends
+ * with bytes == 0. */
 typedef struct keel_plan_copy {
     const keel_node *node;      /* whose value is copied, for messages */
     keel_device *dst_device, *src_device;
@@ -101,10 +101,10 @@ struct keel_plan {
     void *start_event;
     keel_staged_input *staged;    /* by node id (inputs), when the backend copies in; else NULL */
     /* Devices that do not read each other's memory in place: by position,
-     * the copies queued before and after the node (NULL when the plan does
-     * not copy between devices). */
+     * the copies queued before the node (NULL when the plan does not copy
+     * between devices). */
     bool copy_between_devices;
-    keel_plan_copy **copies_before, **copies_after;
+    keel_plan_copy **copies_before;
     /* Gradients that could not be written into the gradient block, copied
      * there on the parameter device after each backward pass. */
     keel_plan_copy *grad_copies;
